@@ -1,0 +1,62 @@
+"""`sage-rl`: the project's single command-line entry point.
+
+    sage-rl train --config-name grpo_tiny_cpu [hydra overrides ...]
+    sage-rl models prepare [embedder|smollm2|tiny-qwen2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sage_rl import __version__
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sage_rl.train.launch import load_train_config, run
+
+    try:
+        cfg = load_train_config(args.config_name, args.overrides, args.config_path)
+    except (FileNotFoundError, ValueError) as e:  # a bad recipe name, path or override: no traceback needed
+        print(f"sage-rl: error: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    run(cfg)
+    return 0
+
+
+def _cmd_models_prepare(args: argparse.Namespace) -> int:
+    from sage_rl.models import MODELS, model_path
+
+    for name in args.names or list(MODELS):
+        print(f"{name}: {model_path(name)}", flush=True)  # noqa: T201
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sage-rl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sage_rl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run verl PPO/GRPO from a recipe in recipes/train")
+    train.add_argument("--config-name", required=True, help="recipe name, e.g. grpo_tiny_cpu")
+    train.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/train)")
+    train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.total_training_steps=1")
+    train.set_defaults(func=_cmd_train)
+
+    models = sub.add_parser("models", help="the offline default models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    prepare = models_sub.add_parser("prepare", help="convert/build the default models once and print their paths")
+    prepare.add_argument("names", nargs="*", help="embedder, smollm2, tiny-qwen2 (default: all)")
+    prepare.set_defaults(func=_cmd_models_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Hydra/OmegaConf glue shared by every `sage-rl` command: recipe lookup, composition, and resolvers.
+
+Recipes name offline models and embedded datasets instead of machine-specific paths:
+`${sage_rl.model:tiny-qwen2}` and `${sage_rl.data:hotpotqa-train}` are prepared (once, cached) and
+replaced by paths in the driver, before the config is handed to verl, so Ray workers see plain paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+RESOLVER_PREFIX = "sage_rl."
+
+
+def _data_path(name: str) -> str:
+    from sage_rl.datasets import embedded_hotpotqa_parquet
+
+    source, _, split = name.partition("-")
+    if source != "hotpotqa":
+        raise ValueError(f"unknown embedded dataset {name!r}; expected hotpotqa-train, hotpotqa-dev or hotpotqa-test")
+    return str(embedded_hotpotqa_parquet(split))
+
+
+def _model_path(name: str) -> str:
+    from sage_rl.models import model_path
+
+    return str(model_path(name))
+
+
+def register_resolvers() -> None:
+    """Register `sage_rl.model` and `sage_rl.data` with OmegaConf (idempotent)."""
+    for name, fn in (("sage_rl.model", _model_path), ("sage_rl.data", _data_path)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def recipes_dir() -> Path:
+    """`$SAGE_RL_RECIPES`, else the `recipes/` folder of this checkout, else `./recipes`."""
+    if os.environ.get("SAGE_RL_RECIPES"):
+        return Path(os.environ["SAGE_RL_RECIPES"]).expanduser().resolve()
+    repo = Path(__file__).resolve().parents[1] / "recipes"
+    return repo if repo.is_dir() else Path.cwd() / "recipes"
+
+
+def compose(config_dir: str | Path, config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose `config_name` from `config_dir` with Hydra overrides, as `@hydra.main` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_dir = Path(config_dir).expanduser().resolve()
+    if not (config_dir / f"{config_name}.yaml").is_file():
+        known = sorted(p.stem for p in config_dir.glob("*.yaml"))
+        raise FileNotFoundError(f"no recipe {config_name!r} in {config_dir}; available: {', '.join(known) or 'none'}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def resolve_own_interpolations(cfg: DictConfig | ListConfig) -> None:
+    """Replace every `${sage_rl.*:...}` value in `cfg` by its resolved value, leaving verl's own
+    interpolations untouched (verl resolves those itself, after it has adjusted the config)."""
+    register_resolvers()
+    keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg))
+    for key in keys:
+        node = cfg._get_node(key)
+        if node._is_interpolation():
+            if "${" + RESOLVER_PREFIX in str(node._value()):
+                cfg[key] = cfg[key]
+        elif isinstance(node, (DictConfig, ListConfig)) and not node._is_missing() and not node._is_none():
+            resolve_own_interpolations(node)

