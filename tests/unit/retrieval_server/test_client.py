@@ -1,0 +1,109 @@
+"""Client behaviour against a mocked transport: parsing, batching, retries, 4xx handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from retrieval_server.client import AsyncRetrievalClient, Hit, RetrievalClient, RetrievalError
+
+
+def _fake_handler(calls: list[dict], fail_first: int = 0, status: int = 503):
+    """A /retrieve that echoes each query as a hit id; the first `fail_first` calls answer `status`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok"})
+        body = json.loads(request.content)
+        calls.append(body)
+        if len(calls) <= fail_first:
+            return httpx.Response(status, json={"detail": f"boom {status}"})
+        k = body.get("topk", 2)
+        result = [
+            [{"document": {"id": f"{q}-{i}", "contents": f'"T {q}"\nbody {i}'}, "score": 1.0 - i} for i in range(k)]
+            for q in body["queries"]
+        ]
+        return httpx.Response(200, json={"result": result})
+
+    return handler
+
+
+def test_hit_title_and_text() -> None:
+    h = Hit(id="1", contents='"Some Title"\nline one\nline two', score=None)
+    assert h.title == "Some Title"
+    assert h.text == "line one\nline two"
+    assert Hit(id="2", contents="no newline", score=1.0).text == ""
+
+
+def test_retrieve_batches_and_keeps_order() -> None:
+    calls: list[dict] = []
+    with RetrievalClient(transport=httpx.MockTransport(_fake_handler(calls)), batch_size=2, backoff=0) as c:
+        out = c.retrieve(["a", "b", "c"], topk=3)
+    assert [len(c["queries"]) for c in calls] == [2, 1]
+    assert all(c["return_scores"] is True for c in calls)
+    assert [[h.id for h in hits] for hits in out] == [[f"{q}-{i}" for i in range(3)] for q in "abc"]
+    assert out[1][0].title == "T b" and out[1][2].score == pytest.approx(-1.0)
+
+
+def test_retrieve_parses_scoreless_rows() -> None:
+    handler = lambda r: httpx.Response(200, json={"result": [[{"id": "x", "contents": '"A"\nb'}]]})  # noqa: E731
+    with RetrievalClient(transport=httpx.MockTransport(handler)) as c:
+        assert c.retrieve(["q"]) == [[Hit(id="x", contents='"A"\nb', score=None)]]
+
+
+def test_retries_5xx_then_succeeds() -> None:
+    calls: list[dict] = []
+    with RetrievalClient(transport=httpx.MockTransport(_fake_handler(calls, fail_first=2)), backoff=0) as c:
+        out = c.retrieve(["q"], topk=1)
+    assert len(calls) == 3 and out[0][0].id == "q-0"
+
+
+def test_gives_up_after_max_retries() -> None:
+    calls: list[dict] = []
+    client = RetrievalClient(transport=httpx.MockTransport(_fake_handler(calls, 99)), max_retries=2, backoff=0)
+    with pytest.raises(RetrievalError, match="after 3 attempts.*boom 503"):
+        client.retrieve(["q"])
+    assert len(calls) == 3
+
+
+def test_4xx_is_not_retried_and_carries_message() -> None:
+    calls: list[dict] = []
+    client = RetrievalClient(transport=httpx.MockTransport(_fake_handler(calls, 99, status=422)), backoff=0)
+    with pytest.raises(RetrievalError, match="boom 422") as info:
+        client.retrieve(["q"])
+    assert info.value.status_code == 422 and len(calls) == 1
+
+
+def test_connection_error_is_retried() -> None:
+    attempts = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(1)
+        raise httpx.ConnectError("refused", request=request)
+
+    client = RetrievalClient(transport=httpx.MockTransport(handler), max_retries=1, backoff=0)
+    with pytest.raises(RetrievalError, match="ConnectError"):
+        client.health()
+    assert len(attempts) == 2
+
+
+def test_string_instead_of_list_is_rejected() -> None:
+    with pytest.raises(TypeError):
+        RetrievalClient().retrieve("a query")  # type: ignore[arg-type]
+
+
+def test_async_client_batches_retries_and_orders() -> None:
+    calls: list[dict] = []
+
+    async def main() -> list[list[Hit]]:
+        transport = httpx.MockTransport(_fake_handler(calls, fail_first=1, status=429))
+        async with AsyncRetrievalClient(transport=transport, batch_size=2, backoff=0) as c:
+            assert (await c.health()) == {"status": "ok"}
+            return await c.retrieve(["a", "b", "c", "d", "e"], topk=1)
+
+    out = asyncio.run(main())
+    assert [hits[0].id for hits in out] == ["a-0", "b-0", "c-0", "d-0", "e-0"]
+    assert len(calls) == 4  # 3 chunks + 1 retried 429
