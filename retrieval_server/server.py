@@ -1,0 +1,267 @@
+"""FastAPI app speaking Search-R1's `/retrieve` contract, plus `/health`.
+
+Contract (byte-compatible with PeterGriffinJin/Search-R1 `retrieval_server.py`):
+    POST /retrieve {"queries": [str], "topk": int (optional), "return_scores": bool (default false)}
+    -> {"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}   if return_scores
+    -> {"result": [[{"id", "contents"}, ...], ...]}                                  otherwise
+One inner list per query, in query order. Unlike the reference server, `return_scores=false` works for
+any number of queries, requests are batched across callers, and bad input is a 4xx with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from retrieval_server.batching import MicroBatcher
+from retrieval_server.config import EncoderConfig, LimitsConfig, ServeConfig
+from retrieval_server.corpus import DocStore
+from retrieval_server.encoder import Encoder, load_encoder
+from retrieval_server.index import Manifest
+from retrieval_server.retrievers import Retriever, open_retriever
+
+logger = logging.getLogger(__name__)
+
+
+# --- request / response schema (also the OpenAPI schema) -------------------------------------------
+
+
+class RetrieveRequest(BaseModel):
+    """Search-R1 request body. Unknown fields are rejected so typos (`top_k`) do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[StrictStr] = Field(description="One or more query strings")
+    topk: StrictInt | None = Field(None, description="Hits per query; server default if omitted")
+    return_scores: StrictBool = Field(False, description="Wrap each hit as {document, score}")
+
+
+class Document(BaseModel):
+    id: str | int
+    contents: str = Field(description='"Title"\\ntext, exactly as in the corpus')
+
+
+class ScoredDocument(BaseModel):
+    document: Document
+    score: float
+
+
+class RetrieveResponse(BaseModel):
+    result: list[list[ScoredDocument]] | list[list[Document]]
+
+
+# --- loaded state ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """Everything a replica holds after loading: retriever, doc store, batcher."""
+
+    manifest: Manifest
+    retriever: Retriever
+    docs: DocStore
+    batcher: MicroBatcher
+    model: str | None
+
+    @classmethod
+    def load(cls, cfg: ServeConfig, encoder: Encoder | None = None) -> Service:
+        """Open the index directory; refuses a dense index whose manifest does not match the encoder."""
+        manifest = Manifest.read(cfg.index)
+        if cfg.retriever in ("dense", "hybrid") and encoder is None:
+            enc_cfg = cfg.encoder or _manifest_encoder_config(manifest)
+            encoder = load_encoder(enc_cfg)
+        if cfg.faiss_threads is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(cfg.faiss_threads)
+        retriever = open_retriever(
+            Path(cfg.index),
+            cfg.retriever,
+            encoder if cfg.retriever != "bm25" else None,
+            rrf_k=cfg.rrf_k,
+            hybrid_depth=cfg.hybrid_depth,
+            hnsw_ef_search=cfg.hnsw_ef_search,
+            ivf_nprobe=cfg.ivf_nprobe,
+        )
+        batcher = MicroBatcher(retriever.search, cfg.batching.max_batch_queries, cfg.batching.max_wait_ms)
+        model = manifest.dense.model if manifest.dense and cfg.retriever != "bm25" else None
+        return cls(manifest=manifest, retriever=retriever, docs=DocStore(cfg.index), batcher=batcher, model=model)
+
+    def render(self, rows, scores, return_scores: bool) -> list[list]:
+        """Hits as JSON-ready lists; corpus rows are spliced in as raw bytes (orjson.Fragment)."""
+        out = []
+        for row_list, score_list in zip(rows.tolist(), scores.tolist(), strict=True):
+            hits = []
+            for row, score in zip(row_list, score_list, strict=True):
+                if row < 0:
+                    continue  # corpus smaller than topk
+                doc = orjson.Fragment(self.docs.raw(row))
+                hits.append({"document": doc, "score": score} if return_scores else doc)
+            out.append(hits)
+        return out
+
+
+def _manifest_encoder_config(manifest: Manifest) -> EncoderConfig:
+    d = manifest.dense
+    return EncoderConfig(
+        model=d.model, query_prefix=d.query_prefix, passage_prefix=d.passage_prefix, max_seq_length=d.max_seq_length
+    )
+
+
+# --- HTTP ---------------------------------------------------------------------------------------------
+
+
+class BodyLimitMiddleware:
+    """Reject bodies over `max_bytes` with 413 before FastAPI buffers or parses them (pure ASGI)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await _send_413(send, self.max_bytes)
+        # Chunked bodies have no length header: read up to the limit ourselves, then replay.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await _send_413(send, self.max_bytes)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _send_413(send, max_bytes: int) -> None:
+    body = orjson.dumps({"detail": f"request body larger than {max_bytes} bytes"})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _readable(errors: list[dict]) -> tuple[int, str]:
+    if any(e.get("type") == "json_invalid" for e in errors):
+        ctx = errors[0].get("ctx", {})
+        return 400, f"malformed JSON body: {ctx.get('error', 'could not decode')}"
+    parts = []
+    for e in errors:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg')}")
+    return 422, "; ".join(parts)
+
+
+def _check_limits(req: RetrieveRequest, limits: LimitsConfig) -> str | None:
+    if not req.queries:
+        return "queries must be a non-empty list of strings"
+    if len(req.queries) > limits.max_queries:
+        return f"too many queries: {len(req.queries)} > max_queries={limits.max_queries}"
+    longest = max(len(q) for q in req.queries)
+    if longest > limits.max_query_chars:
+        return f"query too long: {longest} characters > max_query_chars={limits.max_query_chars}"
+    if req.topk is not None and not 1 <= req.topk <= limits.max_topk:
+        return f"topk must be between 1 and {limits.max_topk}, got {req.topk}"
+    return None
+
+
+def create_app(cfg: ServeConfig, service: Service | None = None, encoder: Encoder | None = None) -> FastAPI:
+    """The ASGI app. Without `service`, the index loads in a background thread and /health says 503 until then."""
+    app = FastAPI(
+        title="retrieval_server",
+        description="Search-R1-compatible `/retrieve` over FAISS / BM25 / hybrid indexes",
+        version="1",
+    )
+    state: dict = {"service": service, "error": None}
+    ready = threading.Event()
+    app.state.ready = ready
+    app.state.state = state
+    if service is not None:
+        ready.set()
+    else:
+
+        def load() -> None:
+            try:
+                state["service"] = Service.load(cfg, encoder)
+                logger.info("index %s loaded (%s)", cfg.index, cfg.retriever)
+            except Exception as e:  # reported on /health and /retrieve; the process stays up to say why
+                logger.exception("failed to load index %s", cfg.index)
+                state["error"] = f"{type(e).__name__}: {e}"
+            ready.set()
+
+        threading.Thread(target=load, name="retrieval-load", daemon=True).start()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = _readable(exc.errors())
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        svc = state["service"]
+        if svc is None:
+            status = "error" if state["error"] else "loading"
+            return JSONResponse({"status": status, "detail": state["error"]}, status_code=503)
+        stats = svc.batcher.stats()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "retriever": svc.retriever.name,
+                "model": svc.model,
+                "index_type": svc.manifest.dense.index_type if svc.manifest.dense else None,
+                "num_docs": len(svc.docs),
+                "default_topk": cfg.limits.default_topk,
+                "max_topk": cfg.limits.max_topk,
+                "batches": stats.batches,
+                "queries": stats.queries,
+                "requests": stats.requests,
+            }
+        )
+
+    @app.post("/retrieve", response_model=RetrieveResponse)
+    async def retrieve(req: RetrieveRequest) -> Response:
+        svc = state["service"]
+        if svc is None:
+            detail = state["error"] or "index is still loading; poll GET /health"
+            return JSONResponse({"detail": detail}, status_code=503)
+        problem = _check_limits(req, cfg.limits)
+        if problem:
+            return JSONResponse({"detail": problem}, status_code=422)
+        topk = req.topk if req.topk is not None else cfg.limits.default_topk
+        try:
+            result = await asyncio.wait_for(svc.batcher.submit(req.queries, topk), cfg.batching.request_timeout_s)
+        except TimeoutError:
+            return JSONResponse({"detail": "retrieval timed out; server overloaded"}, status_code=503)
+        body = orjson.dumps({"result": svc.render(result.rows, result.scores, req.return_scores)})
+        return Response(body, media_type="application/json")
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.limits.max_body_bytes)
+    return app
