@@ -44,7 +44,7 @@ class BuildConfig(BaseModel):
     )
     dense: bool = Field(True, description="Build the dense FAISS index")
     bm25: bool = Field(True, description="Build the BM25 index (seconds, even for large corpora)")
-    chunk_size: int = Field(2048, ge=1, description="Passages read, encoded and added per step")
+    chunk_size: int = Field(512, ge=1, description="Passages read, encoded and added per step")
     ivf_train_size: int = Field(100_000, ge=1, description="Vectors buffered to train IVF/PQ indexes")
     embeddings_cache: Path | None = Field(
         None, description="Folder caching passage embeddings keyed by (model, prefixes, corpus checksum)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,11 @@ def _manifest_encoder_config(manifest: Manifest) -> EncoderConfig:
 
 
 class BodyLimitMiddleware:
-    """Reject bodies over `max_bytes` with 413 before FastAPI buffers or parses them (pure ASGI)."""
+    """Reject bodies over `max_bytes` with 413 before FastAPI buffers or parses them (pure ASGI).
+
+    Also treats every POST body as JSON whatever its Content-Type (`curl -d` sends form encoding), so a
+    client that forgets the header gets results or a JSON error, not a confusing "expected an object".
+    """
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -130,6 +135,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        if scope.get("method") == "POST" and b"json" not in headers.get(b"content-type", b""):
+            headers[b"content-type"] = b"application/json"
+            scope = {**scope, "headers": list(headers.items())}
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _send_413(send, self.max_bytes)
@@ -234,6 +242,7 @@ def create_app(cfg: ServeConfig, service: Service | None = None, encoder: Encode
         return JSONResponse(
             {
                 "status": "ok",
+                "pid": os.getpid(),  # tells replicas apart behind Ray Serve
                 "retriever": svc.retriever.name,
                 "model": svc.model,
                 "index_type": svc.manifest.dense.index_type if svc.manifest.dense else None,

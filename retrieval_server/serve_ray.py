@@ -1,0 +1,73 @@
+"""Run the same FastAPI app as N replicas under Ray Serve, behind one URL.
+
+Ray Serve's proxy routes requests across replicas (on one node or a cluster); each replica loads the
+index once and runs its own micro-batcher. Nothing here balances load itself.
+
+Multi-node: start a Ray cluster (`ray start --head` on one node, `ray start --address=<head>:6379` on the
+others), make the index directory readable at the same path on every node, then on the head run
+`RAY_ADDRESS=auto python -m retrieval_server serve --index DIR --ray-replicas N --host 0.0.0.0`.
+Without RAY_ADDRESS a local Ray instance is started (and stopped on exit).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from ray import serve
+
+from retrieval_server.config import ServeConfig
+from retrieval_server.server import Service, create_app
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "retrieval_server"
+MAX_ONGOING_REQUESTS = 512
+"""Per replica. Ray Serve's default (5) would starve the micro-batcher of concurrent requests."""
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS)
+@serve.ingress()
+class RetrievalDeployment:
+    """One replica: loads the index in its constructor, then serves the standard app."""
+
+    def __init__(self, cfg_json: str) -> None:
+        self.cfg = ServeConfig.model_validate_json(cfg_json)
+        self.service = Service.load(self.cfg)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.cfg, service=self.service)
+
+
+def deploy(cfg: ServeConfig, num_cpus_per_replica: float = 1.0) -> str:
+    """Start Ray Serve on cfg.host:cfg.port with cfg.ray_replicas replicas; returns the URL."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    app = RetrievalDeployment.options(
+        num_replicas=cfg.ray_replicas, ray_actor_options={"num_cpus": num_cpus_per_replica}
+    ).bind(cfg.model_dump_json())
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{cfg.host}:{cfg.port}"
+
+
+def run_ray_serve(cfg: ServeConfig) -> int:
+    """CLI entry: deploy, print the URL, block until SIGINT/SIGTERM, then shut Ray Serve down."""
+    import ray
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = deploy(cfg)
+        print(f"retrieval server ready at {url} ({cfg.ray_replicas} Ray Serve replicas)", flush=True)  # noqa: T201
+        while not stop.is_set():
+            time.sleep(0.2)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
