@@ -1,6 +1,7 @@
 """`sage-rl`: the project's single command-line entry point.
 
     sage-rl train --config-name grpo_tiny_cpu [hydra overrides ...]
+    sage-rl generate --config-name sage_tiny_cpu [hydra overrides ...]
     sage-rl models prepare [embedder|smollm2|tiny-qwen2 ...]
 """
 
@@ -25,6 +26,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sage_rl.generate.config import load_generate_config
+    from sage_rl.generate.loop import generate
+
+    try:
+        cfg = load_generate_config(args.config_name, args.overrides, args.config_path)
+    except (FileNotFoundError, ValueError) as e:  # a bad recipe name, path or override: no traceback needed
+        print(f"sage-rl: error: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    try:
+        paths = asyncio.run(generate(cfg))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished items are saved. Resume with the same command ({cfg.run.output_dir})",  # noqa: T201
+              file=sys.stderr)
+        return 130
+    for name, path in paths.items():
+        print(f"{name}: {path}")  # noqa: T201
+    return 0
+
+
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
     from sage_rl.models import MODELS, model_path
 
@@ -44,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.total_training_steps=1")
     train.set_defaults(func=_cmd_train)
 
+    gen = sub.add_parser("generate", help="SAGE QA generation from a recipe in recipes/generate")
+    gen.add_argument("--config-name", required=True, help="recipe name, e.g. sage_tiny_cpu")
+    gen.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/generate)")
+    gen.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. seeds.num_items=10 run.output_dir=out")
+    gen.set_defaults(func=_cmd_generate)
+
     models = sub.add_parser("models", help="the offline default models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     prepare = models_sub.add_parser("prepare", help="convert/build the default models once and print their paths")
@@ -54,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the progress bar
     args = build_parser().parse_args(argv)
     return args.func(args)
 

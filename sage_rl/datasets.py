@@ -21,8 +21,13 @@ def as_question(text: str) -> str:
     return text if text.endswith("?") else text + "?"
 
 
-def verl_row(item: dict, index: int, data_source: str, template: str = DIRECT_ANSWER_PROMPT) -> dict:
-    """One RLHFDataset row from a QA item with `question`, `golden_answers` and optional `id`/`split`."""
+def verl_row(
+    item: dict, index: int, data_source: str, template: str = DIRECT_ANSWER_PROMPT, extra_info: dict | None = None
+) -> dict:
+    """One RLHFDataset row from a QA item with `question`, `golden_answers` and optional `id`/`split`.
+
+    `extra_info` adds per-item metadata (e.g. SAGE's target steps and pass@K) next to the standard keys.
+    """
     question = as_question(item["question"])
     answers = item["golden_answers"]
     if not answers:
@@ -33,7 +38,7 @@ def verl_row(item: dict, index: int, data_source: str, template: str = DIRECT_AN
         "ability": "deep-search-qa",
         "reward_model": {"style": "rule", "ground_truth": {"target": [str(a) for a in answers]}},
         "extra_info": {"index": index, "qid": str(item.get("id", index)), "split": item.get("split", ""),
-                       "question": question},
+                       "question": question, **(extra_info or {})},
     }
 
 

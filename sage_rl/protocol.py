@@ -1,14 +1,44 @@
 """The agent text protocol every stage speaks: Search-R1's `<think>`/`<search>`/`<information>`/`<answer>`.
 
-One definition shared by data generation, RL rollouts, rewards and evaluation, so that training and
-evaluation parse and render exactly the same text.
+One definition shared by data generation (generator and solver agents), RL rollouts, rewards and
+evaluation, so that training and evaluation parse and render exactly the same text:
+
+- tags and the stop strings a model is sampled with (`</search>`, `</answer>`);
+- `parse_action`: the last complete action of a turn (Search-R1 takes the first; we take the last so
+  that a model quoting an example before acting is read by what it finally did);
+- `INVALID_ACTION_MESSAGE`: the observation after a turn with no valid action;
+- `render_information`: retrieved passages as `Doc i(Title: t) text` inside `<information>`;
+- `truncate_tokens`: observation truncation by tokens (a tokenizer's, or whitespace tokens without one);
+- `SEARCH_PROMPT`: our wording of Search-R1's "base" instruction for search agents.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+THINK, SEARCH, INFORMATION, ANSWER = "think", "search", "information", "answer"
+STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+
+INVALID_ACTION_MESSAGE = (
+    "\nMy previous action is invalid. To search, I must put the query between <search> and </search>. "
+    "To give the final answer, I must put it between <answer> and </answer>. Let me try again.\n"
+)
+
+# Our paraphrase of Search-R1's base template (peers.md §1.3); `{question}` is filled by `search_prompt`.
+SEARCH_PROMPT = (
+    "Answer the question below. Every time you receive new information, first reason about it inside "
+    "<think> and </think>. If you lack some knowledge, you can query a search engine by writing "
+    "<search> your query </search>; the results will be returned between <information> and "
+    "</information>. You may search as often as you need. When you know the answer, write it inside "
+    "<answer> and </answer> with no explanation, for example <answer> Beijing </answer>. "
+    "Question: {question}\n"
+)
 
 
 def extract_answer(text: str) -> str | None:
@@ -22,4 +52,158 @@ def extract_answer(text: str) -> str | None:
     True
     """
     matches = ANSWER_RE.findall(text)
+    return matches[-1].strip() if matches else None
+
+
+def as_question(text: str) -> str:
+    """Strip a question and end it with `?`, as Search-R1 does for its prompts.
+
+    >>> as_question(" Who wrote Hamlet ")
+    'Who wrote Hamlet?'
+    """
+    text = text.strip()
+    return text if text.endswith("?") else text + "?"
+
+
+def search_prompt(question: str) -> str:
+    """The search-agent instruction for one question (used by the solver and in verl training rows)."""
+    return SEARCH_PROMPT.format(question=as_question(question))
+
+
+@dataclass(frozen=True)
+class Action:
+    """A parsed action: `kind` is `search` or `answer`; `content` is the stripped tag body."""
+
+    kind: Literal["search", "answer"]
+    content: str
+
+
+def close_stopped(text: str) -> str:
+    """Re-append the closing tag that a stop string cut off.
+
+    OpenAI-compatible servers drop the matched stop string, so `<search> q </search>` comes back as
+    `<search> q`; we close the last unclosed `<search>`/`<answer>` so parsing sees the whole action.
+
+    >>> close_stopped("<think>x</think><search> capital of France")
+    '<think>x</think><search> capital of France</search>'
+    >>> close_stopped("<answer> Paris </answer>")
+    '<answer> Paris </answer>'
+    """
+    for tag in (SEARCH, ANSWER):
+        opened = text.rfind(f"<{tag}>")
+        if opened != -1 and text.find(f"</{tag}>", opened) == -1:
+            return text + f"</{tag}>"
+    return text
+
+
+def parse_action(text: str) -> Action | None:
+    """The last complete `<search>` or `<answer>` action in a turn, or None if the turn has none.
+
+    An empty search query is not a valid action (nothing to send to the retriever).
+
+    >>> parse_action("<think>a</think><search> who is X </search>")
+    Action(kind='search', content='who is X')
+    >>> parse_action("<search>q</search> then <answer> 42 </answer>")
+    Action(kind='answer', content='42')
+    >>> parse_action("just prose") is None
+    True
+    """
+    for match in reversed(list(_ACTION_RE.finditer(text))):
+        content = match.group(2).strip()
+        if content or match.group(1) == ANSWER:
+            return Action(kind=match.group(1), content=content)  # type: ignore[arg-type]
+    return None
+
+
+def truncate_at_action(text: str, stops: Sequence[str] = STOP_STRINGS) -> str:
+    """Cut a turn right after its first closed action, as generation with stop strings would.
+
+    Servers that ignore stop strings (or fake models) may run on and invent their own `<information>`;
+    everything after the first `</search>`/`</answer>` is discarded so the environment's observation is
+    the only one the agent sees.
+
+    >>> truncate_at_action("<search> q </search><information>made up</information>")
+    '<search> q </search>'
+    """
+    ends = [i + len(s) for s in stops if (i := text.find(s)) != -1]
+    return text[: min(ends)] if ends else text
+
+
+class Tokenizer(Protocol):
+    """The two methods of a Hugging Face tokenizer that truncation needs."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def truncate_tokens(text: str, max_tokens: int | None, tokenizer: Tokenizer | None = None) -> str:
+    """Keep the first `max_tokens` tokens of `text` (Search-R1's `max_obs_length`).
+
+    With no tokenizer, whitespace-separated words stand in for tokens (an underestimate of real
+    token counts by roughly 1.3x for English), which keeps the protocol usable without a model.
+
+    >>> truncate_tokens("a b c d", 2)
+    'a b'
+    >>> truncate_tokens("a b", None)
+    'a b'
+    """
+    if max_tokens is None:
+        return text
+    if tokenizer is None:
+        words = text.split()
+        return text if len(words) <= max_tokens else " ".join(words[:max_tokens])
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrieved passage in the corpus' `{"id", "contents": "\\"Title\\"\\ntext"}` convention."""
+
+    id: str
+    title: str
+    text: str
+
+    @classmethod
+    def from_contents(cls, id: str, contents: str) -> Passage:
+        """Split Search-R1 `contents` into title (first line, quotes stripped) and text.
+
+        >>> Passage.from_contents("3", '"Paris"\\nCapital of France.')
+        Passage(id='3', title='Paris', text='Capital of France.')
+        """
+        first, _, rest = contents.partition("\n")
+        if len(first) >= 2 and first[0] == first[-1] == '"':
+            first = first[1:-1]
+        return cls(id=str(id), title=first, text=rest)
+
+
+def render_passages(passages: Iterable[Passage]) -> str:
+    """Search-R1's passage listing, one `Doc i(Title: t) text` line per passage, 1-based.
+
+    >>> render_passages([Passage("1", "Paris", "Capital of France.")])
+    'Doc 1(Title: Paris) Capital of France.\\n'
+    """
+    return "".join(f"Doc {i}(Title: {p.title}) {p.text}\n" for i, p in enumerate(passages, 1))
+
+
+def render_information(
+    passages: Iterable[Passage], max_tokens: int | None = None, tokenizer: Tokenizer | None = None
+) -> str:
+    """The observation appended after a search: passages inside `<information>`, truncated by tokens.
+
+    >>> render_information([Passage("1", "Paris", "Capital of France.")])
+    '\\n\\n<information>Doc 1(Title: Paris) Capital of France.\\n</information>\\n\\n'
+    """
+    body = truncate_tokens(render_passages(passages), max_tokens, tokenizer)
+    return f"\n\n<{INFORMATION}>{body}</{INFORMATION}>\n\n"
+
+
+def extract_tag(text: str, tag: str) -> str | None:
+    """The stripped content of the last complete `<tag>...</tag>` block, or None.
+
+    >>> extract_tag("<question> Who? </question>", "question")
+    'Who?'
+    """
+    matches = re.findall(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", text, re.DOTALL)
     return matches[-1].strip() if matches else None
