@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from retrieval_server.batching import MicroBatcher
+from retrieval_server.retrievers import SearchResult
+
+
+class _RecordingSearch:
+    """search_fn whose row ids encode (query number, rank): easy to check each caller got its own rows."""
+
+    def __init__(self, delay: float = 0.01, fail_on: str | None = None) -> None:
+        self.batch_sizes: list[int] = []
+        self.delay, self.fail_on = delay, fail_on
+        self.threads: set[str] = set()
+
+    def __call__(self, queries: list[str], k: int) -> SearchResult:
+        self.threads.add(threading.current_thread().name)
+        self.batch_sizes.append(len(queries))
+        if self.fail_on is not None and self.fail_on in queries:
+            raise RuntimeError("boom")
+        threading.Event().wait(self.delay)  # pretend to encode; lets the queue fill up
+        qn = np.array([int(q.split("-")[1]) for q in queries], dtype=np.int64)
+        rows = qn[:, None] * 1000 + np.arange(k)[None, :]
+        return SearchResult(rows=rows, scores=-rows.astype(np.float32))
+
+
+def test_concurrent_requests_are_batched_and_answered_in_order() -> None:
+    search = _RecordingSearch()
+    batcher = MicroBatcher(search, max_batch_queries=16, max_wait_ms=5)
+
+    async def main():
+        reqs = [[f"q-{i}"] if i % 3 else [f"q-{i}", f"q-{i + 10_000}"] for i in range(200)]
+        topks = [1 + i % 4 for i in range(200)]
+        results = await asyncio.gather(*(batcher.submit(q, k) for q, k in zip(reqs, topks, strict=True)))
+        return reqs, topks, results
+
+    reqs, topks, results = asyncio.run(main())
+    for q, k, res in zip(reqs, topks, results, strict=True):
+        expected = np.array([[int(x.split("-")[1]) * 1000 + j for j in range(k)] for x in q])
+        assert res.rows.tolist() == expected.tolist()
+        assert res.scores.tolist() == (-expected).tolist()
+    assert max(search.batch_sizes) <= 16 and sum(search.batch_sizes) == 267
+    assert len(search.batch_sizes) < 40  # 267 queries in batches of <= 16: close to the 17 minimum
+    assert search.threads == {next(iter(search.threads))} and batcher.stats().requests == 200
+
+
+def test_failed_batch_fails_only_its_callers_and_worker_keeps_serving() -> None:
+    search = _RecordingSearch(fail_on="q-666")
+    batcher = MicroBatcher(search, max_batch_queries=1, max_wait_ms=0)
+
+    async def main():
+        bad = batcher.submit(["q-666"], 2)
+        good = batcher.submit(["q-5"], 2)
+        out = await asyncio.gather(bad, good, return_exceptions=True)
+        later = await batcher.submit(["q-6"], 1)
+        return out, later
+
+    (bad, good), later = asyncio.run(main())
+    assert isinstance(bad, RuntimeError) and good.rows.tolist() == [[5000, 5001]] and later.rows.tolist() == [[6000]]
+
+
+def test_oversized_request_runs_alone() -> None:
+    search = _RecordingSearch(delay=0)
+    batcher = MicroBatcher(search, max_batch_queries=4, max_wait_ms=1)
+
+    async def main():
+        return await asyncio.gather(batcher.submit([f"q-{i}" for i in range(10)], 1), batcher.submit(["q-99"], 1))
+
+    big, small = asyncio.run(main())
+    assert big.rows[:, 0].tolist() == [i * 1000 for i in range(10)] and small.rows.tolist() == [[99000]]
+    assert search.batch_sizes == [10, 1]
+
+
+@pytest.mark.parametrize("wait_ms", [0.0, 50.0])
+def test_lone_request_is_not_held_longer_than_max_wait(wait_ms: float) -> None:
+    batcher = MicroBatcher(_RecordingSearch(delay=0), max_batch_queries=64, max_wait_ms=wait_ms)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        await batcher.submit(["q-1"], 1)
+        return loop.time() - t
+
+    assert asyncio.run(main()) < wait_ms / 1000 + 0.5
