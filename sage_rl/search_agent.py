@@ -153,7 +153,8 @@ async def run_search_loop(
         tokens = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
         messages.append({"role": "assistant", "content": text})
         if forced or _is_final(action, text, cfg):
-            turns.append(Turn(text, "answer" if action and action.kind == "answer" else "final", **tokens))
+            answered = action is not None and action.kind == "answer" and "</answer>" in cfg.stop
+            turns.append(Turn(text, "answer" if answered else "final", **tokens))
             break
         if action is not None and action.kind == "search":
             if searches >= cfg.max_searches:
