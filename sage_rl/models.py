@@ -116,7 +116,14 @@ def smollm2_path() -> Path:
 
         gguf = smollm2_gguf_path()
         logger.info("converting %s to a Hugging Face folder (once, about 30 s)", gguf)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers >= 5.1x marks GGUF-loaded models as quantized and refuses to save them; the weights
+        # are already dequantized fp32, so move them into a plain model of the same architecture.
+        config = dequantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(dequantized.state_dict(), strict=True)
         tok = _load_smollm2_tokenizer()
         model.generation_config.eos_token_id = tok.eos_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
