@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -27,6 +28,7 @@ class LLMConfig:
     max_retries: int = 3  # on timeouts, connection errors, 429, 5xx, malformed bodies
     backoff_s: float = 1.0  # first retry delay; doubles each retry (with jitter)
     max_concurrency: int = 16  # requests in flight to this endpoint
+    extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request, e.g. {top_p: 0.95}
 
 
 @dataclass

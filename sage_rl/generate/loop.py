@@ -166,15 +166,24 @@ async def process_with_retries(seed: Seed, cfg: GenerateConfig, pipe: Pipeline) 
     return failed, {"rounds": []}
 
 
-def _postfix(records: list[ItemRecord]) -> str:
-    status = Counter(r.status for r in records)
-    tried, passed = Counter(), Counter()
-    for rec in records:
+class _Tally:
+    """Running counts for the progress bar: statuses, and per round passed/tried (O(1) per item)."""
+
+    def __init__(self) -> None:
+        self.status: Counter[str] = Counter()
+        self.tried: Counter[int] = Counter()
+        self.passed: Counter[int] = Counter()
+
+    def add(self, rec: ItemRecord) -> None:
+        self.status[rec.status] += 1
         for rnd in rec.rounds:
-            tried[rnd.round] += 1
-            passed[rnd.round] += rnd.passed
-    per_round = " ".join(f"r{k}:{passed[k]}/{tried[k]}" for k in sorted(tried))
-    return f"accepted={status['accepted']} garbled={status['garbled']} failed={status['failed']} pass {per_round}"
+            self.tried[rnd.round] += 1
+            self.passed[rnd.round] += rnd.passed
+
+    def __str__(self) -> str:
+        per_round = " ".join(f"r{k}:{self.passed[k]}/{self.tried[k]}" for k in sorted(self.tried))
+        s = self.status
+        return f"accepted={s['accepted']} garbled={s['garbled']} failed={s['failed']} pass {per_round}"
 
 
 async def run_items(cfg: GenerateConfig, pipe: Pipeline, store: RecordStore, seeds: list[Seed],
@@ -187,6 +196,9 @@ async def run_items(cfg: GenerateConfig, pipe: Pipeline, store: RecordStore, see
         if seed.item_id not in done:
             queue.put_nowait(seed)
     finished = dict(done)
+    tally = _Tally()
+    for rec in done.values():
+        tally.add(rec)
     bar = tqdm(total=len(seeds), initial=len(done), desc="sage generate", unit="item", disable=not cfg.run.progress)
 
     async def worker() -> None:
@@ -198,8 +210,9 @@ async def run_items(cfg: GenerateConfig, pipe: Pipeline, store: RecordStore, see
             record, trajectories = await process_with_retries(seed, cfg, pipe)
             store.append(record, trajectories)
             finished[record.item_id] = record
+            tally.add(record)
             bar.update(1)
-            bar.set_postfix_str(_postfix(list(finished.values())), refresh=False)
+            bar.set_postfix_str(str(tally), refresh=False)
 
     try:
         await asyncio.gather(*(worker() for _ in range(max(1, cfg.run.max_concurrent_items))))
@@ -253,7 +266,7 @@ async def build_pipeline(cfg: GenerateConfig):
     def client(c) -> OpenAIChatModel:
         return OpenAIChatModel(c.base_url, c.model, api_key_env=c.api_key_env, max_concurrency=c.max_concurrency,
                                timeout=c.timeout_s, max_retries=c.max_retries, backoff=c.backoff_s,
-                               temperature=c.temperature, max_tokens=c.max_tokens)
+                               temperature=c.temperature, max_tokens=c.max_tokens, extra_body=dict(c.extra_body))
 
     tokenizer = None
     if cfg.run.tokenizer:
