@@ -60,6 +60,7 @@ def _plots(out_dir: Path, records: Sequence[ItemRecord], items: Sequence[QAItem]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
@@ -76,6 +77,7 @@ def _plots(out_dir: Path, records: Sequence[ItemRecord], items: Sequence[QAItem]
             ax.hist(data, bins=range(0, max(data) + 2), align="left", rwidth=0.85)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("searches")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(plot_dir / "search_histograms.png", dpi=110)
     plt.close(fig)
@@ -89,6 +91,8 @@ def _plots(out_dir: Path, records: Sequence[ItemRecord], items: Sequence[QAItem]
         ax.plot(xs, [intrinsic_row(by_s[s], r)["pass"] or 0 for s in xs], marker="o", label=f"after round {r}")
     ax.set_xlabel("target S")
     ax.set_ylabel("%pass")
+    ax.set_ylim(0, 100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(plot_dir / "pass_by_target.png", dpi=110)
