@@ -27,7 +27,7 @@ class LLMConfig:
     timeout_s: float = 120.0  # per request
     max_retries: int = 3  # on timeouts, connection errors, 429, 5xx, malformed bodies
     backoff_s: float = 1.0  # first retry delay; doubles each retry (with jitter)
-    max_concurrency: int = 16  # requests in flight to this endpoint
+    max_concurrency: int = 16  # requests in flight from this role (generator, solver and judge each have their own)
     extra_body: dict[str, Any] = field(default_factory=dict)  # merged into each request, e.g. {top_p: 0.95}
 
 
