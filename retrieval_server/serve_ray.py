@@ -12,6 +12,7 @@ Without RAY_ADDRESS a local Ray instance is started (and stopped on exit).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -46,7 +47,9 @@ def deploy(cfg: ServeConfig, num_cpus_per_replica: float = 1.0) -> str:
     import ray
 
     if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        # "local" starts a private instance instead of attaching to whatever cluster happens to run here.
+        address = os.environ.get("RAY_ADDRESS", "local")
+        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     app = RetrievalDeployment.options(
         num_replicas=cfg.ray_replicas, ray_actor_options={"num_cpus": num_cpus_per_replica}
