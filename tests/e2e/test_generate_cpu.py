@@ -60,39 +60,12 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def smollm2_folder(tmp: Path) -> Path:
-    """`sage_rl.models.smollm2_path()`, or the same conversion done here when the cached builder fails.
-
-    transformers 5.19 refuses `save_pretrained` on a model loaded from GGUF ("quantized ... not
-    serializable") although the weights are dequantised fp32; dropping the quantizer marker fixes it.
-    """
-    from sage_rl.models import smollm2_path
-
-    try:
-        return smollm2_path()
-    except ValueError as e:
-        if "not serializable" not in str(e):
-            raise
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from sage_rl.models import _load_smollm2_tokenizer, smollm2_gguf_path
-
-    gguf = smollm2_gguf_path()
-    out = tmp / "smollm2"
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
-    if "quantization_config" in model.config.to_dict():
-        del model.config.quantization_config
-    model.save_pretrained(out)
-    _load_smollm2_tokenizer().save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def llm_url(tmp_path_factory: pytest.TempPathFactory):
+    from sage_rl.models import smollm2_path
+
     tmp = tmp_path_factory.mktemp("vllm")
-    model = smollm2_folder(tmp)
+    model = smollm2_path()
     port = free_port()
     log = tmp / "vllm.log"
     env = os.environ | {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
