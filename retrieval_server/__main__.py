@@ -42,6 +42,7 @@ def _encoder_flags(p: argparse.ArgumentParser, help_suffix: str = "") -> None:
     p.add_argument("--passage-prefix", help="text put before passages (default: inferred)")
     p.add_argument("--max-seq-length", type=int, help="token cap per input (default 256)")
     p.add_argument("--encode-batch-size", type=int, help="encoder batch size (default 64)")
+    p.add_argument("--torch-threads", type=int, help="torch threads (default: torch's; 1 helps on shared CPUs)")
 
 
 def _encoder_overrides(args: argparse.Namespace, d: dict, prefix: str = "encoder") -> None:
@@ -50,6 +51,7 @@ def _encoder_overrides(args: argparse.Namespace, d: dict, prefix: str = "encoder
     _set(d, f"{prefix}.passage_prefix", args.passage_prefix)
     _set(d, f"{prefix}.max_seq_length", args.max_seq_length)
     _set(d, f"{prefix}.batch_size", args.encode_batch_size)
+    _set(d, f"{prefix}.torch_threads", args.torch_threads)
 
 
 def build_main(args: argparse.Namespace) -> int:
@@ -90,6 +92,7 @@ def serve_main(args: argparse.Namespace) -> int:
     _set(d, "ray_replicas", args.ray_replicas)
     if args.model is not None:
         _encoder_overrides(args, d)
+    _set(d, "torch_threads", args.torch_threads)
     cfg = ServeConfig.model_validate(d)
     if cfg.ray_replicas > 0:
         from retrieval_server.serve_ray import run_ray_serve

@@ -139,7 +139,9 @@ def build_index(cfg: BuildConfig, encoder: Encoder | None = None, show_progress:
         encoder = load_encoder(cfg.encoder)
     dense_m = _dense_manifest(encoder, cfg.index_type) if cfg.dense else None
     bm25_m = Bm25Manifest(stopwords=BM25_STOPWORDS, lower=True, bm25s_version=bm25s.__version__) if cfg.bm25 else None
-    wanted = Manifest(corpus_path=str(cfg.corpus), corpus_sha256=corpus_sha, num_docs=n_docs, dense=dense_m, bm25=bm25_m)
+    wanted = Manifest(
+        corpus_path=str(cfg.corpus), corpus_sha256=corpus_sha, num_docs=n_docs, dense=dense_m, bm25=bm25_m
+    )
     if _existing_matches(out, wanted):
         logger.info("%s already holds a matching index; nothing to do", out)
         return BuildReport(wanted, skipped=True, encoded=0, seconds=time.perf_counter() - t0, encode_seconds=0.0)

@@ -29,6 +29,9 @@ class EncoderConfig(BaseModel):
     max_seq_length: int | None = Field(256, ge=8, description="Token cap per input (Search-R1 uses 256)")
     batch_size: int = Field(64, ge=1, description="Encoder batch size")
     device: str = Field("cpu", description="torch device")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; 1 avoids thread thrashing on small, shared CPUs"
+    )
 
 
 class BuildConfig(BaseModel):
@@ -87,6 +90,7 @@ class ServeConfig(BaseModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant for hybrid")
     hybrid_depth: int = Field(50, ge=1, description="Candidates taken from each retriever before fusion")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads for the query encoder")
     faiss_threads: int | None = Field(None, ge=1, description="OpenMP threads for FAISS; None = library default")
     hnsw_ef_search: int = Field(128, ge=1, description="efSearch for HNSW indexes")
     ivf_nprobe: int = Field(16, ge=1, description="nprobe for IVF indexes")

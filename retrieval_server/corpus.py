@@ -50,7 +50,8 @@ def iter_corpus(path: Path) -> Iterator[Passage]:
                 row = orjson.loads(line)
                 yield Passage(id=row["id"], contents=row["contents"])
             except (orjson.JSONDecodeError, KeyError, TypeError) as e:
-                raise CorpusFormatError(f"{path}:{lineno}: expected a JSON object with 'id' and 'contents' ({e})") from e
+                msg = f"{path}:{lineno}: expected a JSON object with 'id' and 'contents' ({e})"
+                raise CorpusFormatError(msg) from e
 
 
 def corpus_stats(path: Path) -> tuple[str, int]:

@@ -60,7 +60,11 @@ class SentenceTransformerEncoder:
 
     def __init__(self, cfg: EncoderConfig) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
         from sentence_transformers import SentenceTransformer
+
+        if cfg.torch_threads is not None:
+            torch.set_num_threads(cfg.torch_threads)
 
         self.name = cfg.model
         path = resolve_model_path(cfg.model)

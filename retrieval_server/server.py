@@ -79,6 +79,8 @@ class Service:
         manifest = Manifest.read(cfg.index)
         if cfg.retriever in ("dense", "hybrid") and encoder is None:
             enc_cfg = cfg.encoder or _manifest_encoder_config(manifest)
+            if cfg.torch_threads is not None:
+                enc_cfg = enc_cfg.model_copy(update={"torch_threads": cfg.torch_threads})
             encoder = load_encoder(enc_cfg)
         if cfg.faiss_threads is not None:
             import faiss

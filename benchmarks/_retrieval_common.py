@@ -1,0 +1,50 @@
+"""Shared helpers for the retrieval benchmarks (not a test; not imported by the library)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from retrieval_server.build import build_index, default_cache_dir
+from retrieval_server.config import BuildConfig
+
+REPO = Path(__file__).resolve().parents[1]
+HOTPOT_CORPUS = REPO / "sage_rl" / "assets" / "hotpotqa" / "corpus.jsonl.gz"
+HOTPOT_QUESTIONS = REPO / "sage_rl" / "assets" / "hotpotqa" / "questions.jsonl.gz"
+COMBINED_CORPUS = Path("/work/shared/data/derived/corpus_combined.jsonl.gz")
+
+
+def ensure_index(corpus: Path, index: Path | None, index_type: str = "Flat") -> Path:
+    """Use `index`, or build one for `corpus` under the user cache (embeddings cached: slow only once)."""
+    if index is not None:
+        return index
+    out = default_cache_dir().parent / "indexes" / f"{corpus.name.split('.')[0]}-minilm-{index_type}"
+    build_index(BuildConfig(corpus=corpus, out=out, index_type=index_type, embeddings_cache=default_cache_dir()))
+    return out
+
+
+def load_questions(n: int | None = None) -> list[dict]:
+    with gzip.open(HOTPOT_QUESTIONS, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    return rows[:n] if n else rows
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    """Start `python -m retrieval_server serve` and return (process, url) once it says it is ready."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retrieval_server", "--log-level", "WARNING", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:
+        m = re.search(r"retrieval server ready at (http://\S+)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, m.group(1)
+    raise RuntimeError(f"server exited with {proc.wait()}")

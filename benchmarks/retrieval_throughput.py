@@ -1,0 +1,127 @@
+"""Throughput and latency of the retrieval server vs the in-process limit and a naive per-request server.
+
+    .venv/bin/python benchmarks/retrieval_throughput.py [--corpus PATH | --index DIR] [--queries 512]
+
+All three are measured in one run on the same machine, index (MiniLM, FAISS Flat) and HotpotQA questions:
+  limit    encoder+FAISS in this process at its best batch size (no HTTP)
+  naive    the same server with --max-batch 1: each request encoded and searched alone (Search-R1's way)
+  server   the same server with cross-request micro-batching (defaults)
+Load: 1, 16, 64 concurrent clients sending one query per request, and 4 clients sending 32-query batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from _retrieval_common import COMBINED_CORPUS, ensure_index, load_questions, start_server
+
+from retrieval_server.config import EncoderConfig
+from retrieval_server.encoder import load_encoder
+from retrieval_server.index import Manifest, load_faiss_index
+
+TOPK = 3
+
+
+def in_process_limit(index_dir: Path, queries: list[str], torch_threads: int) -> tuple[int, float, dict[int, float]]:
+    m = Manifest.read(index_dir).dense
+    enc = load_encoder(EncoderConfig(model=m.model, max_seq_length=m.max_seq_length, torch_threads=torch_threads))
+    index = load_faiss_index(index_dir, 128, 16)
+    enc.encode_queries(queries[:64])  # warm up
+    rates = {}
+    for bs in (16, 32, 64, 128, 256):
+        t = time.perf_counter()
+        for i in range(0, len(queries), bs):
+            index.search(enc.encode_queries(queries[i : i + bs]), TOPK)
+        rates[bs] = len(queries) / (time.perf_counter() - t)
+    best = max(rates, key=rates.get)
+    return best, rates[best], rates
+
+
+async def run_load(url: str, queries: list[str], concurrency: int, per_request: int) -> dict:
+    """Send `queries` in requests of `per_request` queries from `concurrency` clients; ids per query."""
+    requests = [queries[i : i + per_request] for i in range(0, len(queries), per_request)]
+    latencies, ids = [], [None] * len(requests)
+    next_req = 0
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def client() -> None:
+            nonlocal next_req
+            while next_req < len(requests):
+                i = next_req
+                next_req += 1
+                t = time.perf_counter()
+                payload = {"queries": requests[i], "topk": TOPK, "return_scores": True}
+                async with session.post(f"{url}/retrieve", json=payload) as r:
+                    body = await r.json()
+                    assert r.status == 200, body
+                latencies.append(time.perf_counter() - t)
+                ids[i] = [[h["document"]["id"] for h in q] for q in body["result"]]
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat = np.asarray(latencies)
+    return {
+        "qps": len(queries) / wall,
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "ids": [q for r in ids for q in r],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", type=Path, default=COMBINED_CORPUS)
+    p.add_argument("--index", type=Path, help="prebuilt index dir (otherwise built+cached from --corpus)")
+    p.add_argument("--queries", type=int, default=512, help="queries per load level")
+    p.add_argument("--torch-threads", type=int, default=1, help="same for limit, naive and server")
+    args = p.parse_args()
+    index = ensure_index(args.corpus, args.index)
+    queries = [q["question"] for q in load_questions()][: args.queries]
+    print(f"index {index} ({Manifest.read(index).num_docs} passages), {len(queries)} queries, cpus {os.cpu_count()}")
+    print(f"load average before: {os.getloadavg()[0]:.2f} (> 0.5 means another workload shares the cores)")
+
+    best_bs, limit, rates = in_process_limit(index, queries, args.torch_threads)
+    print("in-process encoder+FAISS q/s by batch size:", {k: round(v, 1) for k, v in rates.items()})
+
+    levels = [(1, 1), (16, 1), (64, 1), (4, 32)]
+    results: dict[str, dict] = {}
+    for name, extra in (("naive", ["--max-batch", "1", "--max-wait-ms", "0"]), ("server", [])):
+        threads = ["--torch-threads", str(args.torch_threads)]
+        proc, url = start_server("--index", str(index), "--max-topk", "100", *threads, *extra)
+        try:
+            asyncio.run(run_load(url, queries[:32], 4, 1))  # warm up
+            for conc, per in levels:
+                n = len(queries) if (name == "server" or conc > 1) else len(queries) // 2
+                results[f"{name}/{conc}x{per}"] = asyncio.run(run_load(url, queries[:n], conc, per))
+        finally:
+            proc.terminate()
+            proc.wait()
+
+    print(f"\n{'load':<22}{'naive q/s':>10}{'p50':>8}{'p99':>8}{'server q/s':>12}{'p50':>8}{'p99':>8}{'speedup':>9}")
+    for conc, per in levels:
+        a, b = results[f"naive/{conc}x{per}"], results[f"server/{conc}x{per}"]
+        label = f"{conc} clients x {per} q"
+        print(
+            f"{label:<22}{a['qps']:>10.1f}{a['p50']:>8.3f}{a['p99']:>8.3f}"
+            f"{b['qps']:>12.1f}{b['p50']:>8.3f}{b['p99']:>8.3f}{b['qps'] / a['qps']:>8.2f}x"
+        )
+    s64, n64 = results["server/64x1"], results["naive/64x1"]
+    same = np.mean([x == y for x, y in zip(s64["ids"], n64["ids"], strict=True)])
+    print(f"\nin-process limit (batch {best_bs}): {limit:.1f} q/s")
+    print(f"server @64 single-query clients / limit  = {s64['qps'] / limit:.2f}   (target >= 0.85)")
+    print(f"server @64 / naive @64                    = {s64['qps'] / n64['qps']:.2f}x  (target >= 3.5x)")
+    print(f"server @64 p99                            = {s64['p99']:.3f} s (target < 1 s)")
+    print(f"identical top-{TOPK} ids, server vs naive   = {same:.4f} of {len(s64['ids'])} queries")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
