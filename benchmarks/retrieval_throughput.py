@@ -28,19 +28,15 @@ from retrieval_server.index import Manifest, load_faiss_index
 TOPK = 3
 
 
-def in_process_limit(index_dir: Path, queries: list[str], torch_threads: int) -> tuple[int, float, dict[int, float]]:
-    m = Manifest.read(index_dir).dense
-    enc = load_encoder(EncoderConfig(model=m.model, max_seq_length=m.max_seq_length, torch_threads=torch_threads))
-    index = load_faiss_index(index_dir, 128, 16)
-    enc.encode_queries(queries[:64])  # warm up
+def in_process_rates(enc, index, queries: list[str]) -> dict[int, float]:
+    """Queries/s of encode+search in this process, by batch size."""
     rates = {}
     for bs in (16, 32, 64, 128, 256):
         t = time.perf_counter()
         for i in range(0, len(queries), bs):
             index.search(enc.encode_queries(queries[i : i + bs]), TOPK)
         rates[bs] = len(queries) / (time.perf_counter() - t)
-    best = max(rates, key=rates.get)
-    return best, rates[best], rates
+    return rates
 
 
 async def run_load(url: str, queries: list[str], concurrency: int, per_request: int) -> dict:
@@ -88,8 +84,12 @@ def main() -> None:
     print(f"index {index} ({Manifest.read(index).num_docs} passages), {len(queries)} queries, cpus {os.cpu_count()}")
     print(f"load average before: {os.getloadavg()[0]:.2f} (> 0.5 means another workload shares the cores)")
 
-    best_bs, limit, rates = in_process_limit(index, queries, args.torch_threads)
-    print("in-process encoder+FAISS q/s by batch size:", {k: round(v, 1) for k, v in rates.items()})
+    m = Manifest.read(index).dense
+    enc_cfg = EncoderConfig(model=m.model, max_seq_length=m.max_seq_length, torch_threads=args.torch_threads)
+    enc, faiss_index = load_encoder(enc_cfg), load_faiss_index(index, 128, 16)
+    enc.encode_queries(queries[:64])  # warm up
+    rates_before = in_process_rates(enc, faiss_index, queries)
+    print("in-process encoder+FAISS q/s by batch size:", {k: round(v, 1) for k, v in rates_before.items()})
 
     levels = [(1, 1), (16, 1), (64, 1), (4, 32)]
     results: dict[str, dict] = {}
@@ -113,10 +113,17 @@ def main() -> None:
             f"{label:<22}{a['qps']:>10.1f}{a['p50']:>8.3f}{a['p99']:>8.3f}"
             f"{b['qps']:>12.1f}{b['p50']:>8.3f}{b['p99']:>8.3f}{b['qps'] / a['qps']:>8.2f}x"
         )
+    # Measured again after the servers: on a shared machine the best of both passes is the fairer limit.
+    rates_after = in_process_rates(enc, faiss_index, queries)
+    print("in-process q/s by batch size, second pass:", {k: round(v, 1) for k, v in rates_after.items()})
+    rates = {bs: max(rates_before[bs], rates_after[bs]) for bs in rates_before}
+    best_bs = max(rates, key=rates.get)
+    limit = rates[best_bs]
     s64, n64 = results["server/64x1"], results["naive/64x1"]
     same = np.mean([x == y for x, y in zip(s64["ids"], n64["ids"], strict=True)])
     print(f"\nin-process limit (batch {best_bs}): {limit:.1f} q/s")
     print(f"server @64 single-query clients / limit  = {s64['qps'] / limit:.2f}   (target >= 0.85)")
+    print(f"server @64 / in-process at batch 64      = {s64['qps'] / rates[64]:.2f}   (64 clients form batches <= 64)")
     print(f"server @64 / naive @64                    = {s64['qps'] / n64['qps']:.2f}x  (target >= 3.5x)")
     print(f"server @64 p99                            = {s64['p99']:.3f} s (target < 1 s)")
     print(f"identical top-{TOPK} ids, server vs naive   = {same:.4f} of {len(s64['ids'])} queries")
