@@ -40,15 +40,25 @@ def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")  # noqa: SIM115
 
 
+def _contents(row: dict) -> str:
+    # {"id", "title", "text"} rows (FlashRAG/DPR style) become Search-R1's '"Title"\ntext'.
+    if "contents" not in row and "title" in row and "text" in row:
+        return f'"{row["title"]}"\n{row["text"]}'
+    return row["contents"]
+
+
 def iter_corpus(path: Path) -> Iterator[Passage]:
-    """Stream passages from a jsonl(.gz) corpus without holding more than one line."""
+    """Stream passages from a jsonl(.gz) corpus without holding more than one line.
+
+    Rows are `{"id", "contents"}`; `{"id", "title", "text"}` rows are accepted and converted.
+    """
     with _open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = orjson.loads(line)
-                yield Passage(id=row["id"], contents=row["contents"])
+                yield Passage(id=row["id"], contents=_contents(row))
             except (orjson.JSONDecodeError, KeyError, TypeError) as e:
                 msg = f"{path}:{lineno}: expected a JSON object with 'id' and 'contents' ({e})"
                 raise CorpusFormatError(msg) from e

@@ -43,3 +43,9 @@ def test_bad_row_names_file_and_line(tmp_path: Path) -> None:
     bad.write_text('{"id": "1", "contents": "x"}\n{"id": "2", "text": "no contents"}\n')
     with pytest.raises(CorpusFormatError, match=r"bad.jsonl:2"):
         list(iter_corpus(bad))
+
+
+def test_title_text_rows_become_search_r1_contents(tmp_path: Path) -> None:
+    path = tmp_path / "tt.jsonl"
+    path.write_text('{"id": "c-1", "title": "Paris", "text": "Capital of France.", "source": "x"}\n')
+    assert list(iter_corpus(path)) == [Passage(id="c-1", contents='"Paris"\nCapital of France.')]
