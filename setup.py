@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["sage_rl", "sage_rl.*", "retrieval_server", "retrieval_server.*"]),
-    package_data={"sage_rl": ["assets/hotpotqa/*.jsonl.gz"]},
+    package_data={"sage_rl": ["assets/hotpotqa/*.jsonl.gz", "train/*.yaml"]},
     install_requires=[
         "verl[verl-core]==0.9.1",
         "ray[default]>=2.41",

@@ -1,8 +1,8 @@
 """Hydra/OmegaConf glue shared by every `sage-rl` command: recipe lookup, composition, and resolvers.
 
-Recipes name offline models and embedded datasets instead of machine-specific paths:
-`${sage_rl.model:tiny-qwen2}` and `${sage_rl.data:hotpotqa-train}` are prepared (once, cached) and
-replaced by paths in the driver, before the config is handed to verl, so Ray workers see plain paths.
+Recipes name offline models, embedded datasets and files shipped in the package instead of
+machine-specific paths: `${sage_rl.model:tiny-qwen2}`, `${sage_rl.data:hotpotqa-train}` and
+`${sage_rl.package_file:train/agent_loops.yaml}` are prepared (once, cached) and replaced by paths in the driver, before the config is handed to verl, so Ray workers see plain paths.
 """
 
 from __future__ import annotations
@@ -16,12 +16,22 @@ RESOLVER_PREFIX = "sage_rl."
 
 
 def _data_path(name: str) -> str:
+    """`hotpotqa-<split>[-search]`: the embedded questions with the direct-answer or search-agent prompt."""
     from sage_rl.datasets import embedded_hotpotqa_parquet
 
-    source, _, split = name.partition("-")
-    if source != "hotpotqa":
-        raise ValueError(f"unknown embedded dataset {name!r}; expected hotpotqa-train, hotpotqa-dev or hotpotqa-test")
-    return str(embedded_hotpotqa_parquet(split))
+    source, _, rest = name.partition("-")
+    split, _, prompt = rest.partition("-")
+    if source != "hotpotqa" or split not in ("train", "dev", "test") or prompt not in ("", "search"):
+        raise ValueError(f"unknown embedded dataset {name!r}; expected hotpotqa-<train|dev|test>[-search]")
+    return str(embedded_hotpotqa_parquet(split, prompt or "direct"))
+
+
+def _package_file(relative: str) -> str:
+    """Absolute path of a file shipped inside sage_rl (verl wants absolute paths for some config files)."""
+    path = Path(__file__).resolve().parent / relative
+    if not path.is_file():
+        raise ValueError(f"sage_rl ships no file {relative!r} (looked for {path})")
+    return str(path)
 
 
 def _model_path(name: str) -> str:
@@ -31,8 +41,9 @@ def _model_path(name: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register `sage_rl.model` and `sage_rl.data` with OmegaConf (idempotent)."""
-    for name, fn in (("sage_rl.model", _model_path), ("sage_rl.data", _data_path)):
+    """Register `sage_rl.model`, `sage_rl.data` and `sage_rl.package_file` with OmegaConf (idempotent)."""
+    for name, fn in (("sage_rl.model", _model_path), ("sage_rl.data", _data_path),
+                     ("sage_rl.package_file", _package_file)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

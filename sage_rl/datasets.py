@@ -8,17 +8,12 @@ from pathlib import Path
 
 from sage_rl.assets import embedded_questions
 from sage_rl.models import cache_dir
+from sage_rl.protocol import SEARCH_PROMPT, as_question
 
 DIRECT_ANSWER_PROMPT = (
     "Answer the given question. Think briefly, then give only the final answer inside <answer> and "
     "</answer>, without explanation, for example <answer> Beijing </answer>. Question: {question}\n"
 )
-
-
-def as_question(text: str) -> str:
-    """Strip a question and end it with `?`, as Search-R1 does for its training prompts."""
-    text = text.strip()
-    return text if text.endswith("?") else text + "?"
 
 
 def verl_row(
@@ -58,10 +53,18 @@ def write_verl_parquet(rows: Iterable[dict], path: str | Path) -> Path:
     return path
 
 
-def embedded_hotpotqa_parquet(split: str) -> Path:
-    """The embedded HotpotQA questions of one split as a verl parquet file (cached)."""
-    path = cache_dir() / "data" / f"hotpotqa-{split}-direct-v1.parquet"
+PROMPTS = {"direct": DIRECT_ANSWER_PROMPT, "search": SEARCH_PROMPT}
+
+
+def embedded_hotpotqa_parquet(split: str, prompt: str = "direct") -> Path:
+    """The embedded HotpotQA questions of one split as a verl parquet file (cached).
+
+    `prompt` is `direct` (answer at once) or `search` (the search-agent instruction, for search training).
+    """
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; expected one of {sorted(PROMPTS)}")
+    path = cache_dir() / "data" / f"hotpotqa-{split}-{prompt}-v1.parquet"
     if not path.is_file():
-        rows = (verl_row(q, i, "hotpotqa") for i, q in enumerate(embedded_questions(split)))
+        rows = (verl_row(q, i, "hotpotqa", PROMPTS[prompt]) for i, q in enumerate(embedded_questions(split)))
         write_verl_parquet(rows, path)
     return path
