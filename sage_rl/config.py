@@ -2,7 +2,8 @@
 
 Recipes name offline models, embedded datasets and files shipped in the package instead of
 machine-specific paths: `${sage_rl.model:tiny-qwen2}`, `${sage_rl.data:hotpotqa-train}` and
-`${sage_rl.package_file:train/agent_loops.yaml}` are prepared (once, cached) and replaced by paths in the driver, before the config is handed to verl, so Ray workers see plain paths.
+`${sage_rl.package_file:train/agent_loops.yaml}` are prepared (once, cached) and replaced by paths in the
+driver, before the config is handed to verl, so Ray workers see plain paths.
 """
 
 from __future__ import annotations
