@@ -14,15 +14,25 @@ import sys
 from sage_rl import __version__
 
 
+class ConfigError(Exception):
+    """A recipe that cannot be loaded: the user's input, reported without a traceback."""
+
+
+def _load_config(load, args: argparse.Namespace):
+    """Compose a recipe; bad names, paths, overrides or values become a one-line `ConfigError`."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return load(args.config_name, args.overrides, args.config_path)
+    except (FileNotFoundError, ValueError, HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).strip() or type(e).__name__) from e
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from sage_rl.train.launch import load_train_config, run
 
-    try:
-        cfg = load_train_config(args.config_name, args.overrides, args.config_path)
-    except (FileNotFoundError, ValueError) as e:  # a bad recipe name, path or override: no traceback needed
-        print(f"sage-rl: error: {e}", file=sys.stderr)  # noqa: T201
-        return 2
-    run(cfg)
+    run(_load_config(load_train_config, args))
     return 0
 
 
@@ -32,11 +42,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from sage_rl.generate.config import load_generate_config
     from sage_rl.generate.loop import generate
 
-    try:
-        cfg = load_generate_config(args.config_name, args.overrides, args.config_path)
-    except (FileNotFoundError, ValueError) as e:  # a bad recipe name, path or override: no traceback needed
-        print(f"sage-rl: error: {e}", file=sys.stderr)  # noqa: T201
-        return 2
+    cfg = _load_config(load_generate_config, args)
     try:
         paths = asyncio.run(generate(cfg))
     except KeyboardInterrupt:
@@ -85,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the progress bar
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"sage-rl: error: {e}", file=sys.stderr)  # noqa: T201
+        return 2
 
 
 if __name__ == "__main__":

@@ -64,3 +64,4 @@ def test_cli_models_prepare_prints_paths():
     assert out.returncode == 0, out.stderr
     assert f"embedder: {models.embedder_path()}" in out.stdout
     assert f"tiny-qwen2: {models.tiny_model_path()}" in out.stdout
+
