@@ -9,55 +9,18 @@ trajectories are counted. A few minutes on 2 cores (vLLM start ~1 min, index bui
 from __future__ import annotations
 
 import asyncio
-import gzip
-import itertools
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+from servers import PY, embedded_corpus_head, free_port, retrieval_server, serving
 
-from sage_rl.assets import EMBEDDED_CORPUS, embedded_questions
+from sage_rl.assets import embedded_questions
 
 pytestmark = pytest.mark.e2e
-PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a server we started in its own session, with everything it spawned (vLLM's engine process)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -65,44 +28,24 @@ def llm_url(tmp_path_factory: pytest.TempPathFactory):
     from sage_rl.models import smollm2_path
 
     tmp = tmp_path_factory.mktemp("vllm")
-    model = smollm2_path()
     port = free_port()
-    log = tmp / "vllm.log"
     env = os.environ | {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
-    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--max-model-len", "8192"]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", proc, log, timeout=600)
+    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_path()),
+           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--enforce-eager", "--max-model-len", "8192"]
+    with serving(cmd, f"http://127.0.0.1:{port}/v1/models", tmp / "vllm.log", timeout=600, env=env):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "hotpotqa200.jsonl"
-    with gzip.open(EMBEDDED_CORPUS, "rb") as src, open(path, "wb") as dst:
-        dst.writelines(itertools.islice(src, 200))
-    return path
+    return embedded_corpus_head(tmp_path_factory.mktemp("corpus") / "hotpotqa200.jsonl", 200)
 
 
 @pytest.fixture(scope="module")
 def retrieval_url(tmp_path_factory: pytest.TempPathFactory, corpus: Path):
-    tmp = tmp_path_factory.mktemp("retrieval")
-    build = subprocess.run([PY, "-m", "retrieval_server", "build", "--corpus", str(corpus), "--out", str(tmp / "idx")],
-                           capture_output=True, text=True, timeout=900)
-    assert build.returncode == 0, build.stderr[-3000:]
-    port = free_port()
-    log = tmp / "serve.log"
-    proc = subprocess.Popen([PY, "-m", "retrieval_server", "serve", "--index", str(tmp / "idx"), "--port", str(port)],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=300)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    with retrieval_server(tmp_path_factory.mktemp("retrieval"), corpus) as url:
+        yield url
 
 
 def test_sage_generate_cli_runs_the_real_loop(tmp_path, llm_url, retrieval_url, corpus):

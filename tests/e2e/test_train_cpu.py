@@ -2,28 +2,15 @@
 gloo, two steps of the CPU recipe through `sage-rl train` with a custom reward file, a checkpoint at the end
 that verl's model merger turns into a Hugging Face model whose weights moved. ~5 minutes on 2 cores."""
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from servers import step_metrics
 
 pytestmark = pytest.mark.e2e
-
-STEP_LINE = re.compile(r"step:(\d+) - (.*)")
 HERE = Path(__file__).resolve().parent
-
-
-def _metrics(line: str) -> dict[str, float]:
-    out = {}
-    for item in line.split(" - "):
-        key, _, value = item.partition(":")
-        try:
-            out[key.strip()] = float(value)
-        except ValueError:
-            continue
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +25,7 @@ def run(tmp_path_factory) -> dict:
     log = proc.stdout + proc.stderr
     (work / "train.log").write_text(log)
     assert proc.returncode == 0, log[-6000:]
-    steps = {int(m.group(1)): _metrics(m.group(2)) for m in STEP_LINE.finditer(log)}
-    return {"work": work, "ckpt": ckpt, "steps": steps, "log": log}
+    return {"work": work, "ckpt": ckpt, "steps": step_metrics(log), "log": log}
 
 
 def test_two_grpo_steps_print_verl_metrics(run):

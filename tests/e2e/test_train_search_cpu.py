@@ -10,37 +10,23 @@ the server's passages as protocol observations (their loss masking is checked in
 
 from __future__ import annotations
 
-import gzip
-import itertools
 import json
-import os
-import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from servers import embedded_corpus_head, retrieval_server, step_metrics
 
-from sage_rl.assets import EMBEDDED_CORPUS, embedded_questions
+from sage_rl.assets import embedded_questions
 from sage_rl.models import tiny_model_path
 from sage_rl.protocol import Passage, render_information, search_prompt
 
 pytestmark = pytest.mark.e2e
-PY = sys.executable
-STEP_LINE = re.compile(r"step:(\d+) - (.*)")
 HERE = Path(__file__).resolve().parent
 SEARCH_TURN = "<search> the film </search>"  # "the film" matches many of the 300 passages under BM25
 ANSWER_TURN = "<answer> yes </answer><|im_end|>"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _warm_up_searcher(out: Path) -> Path:
@@ -87,57 +73,24 @@ def _warm_up_searcher(out: Path) -> Path:
 @pytest.fixture(scope="module")
 def retrieval_url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retrieval")
-    corpus = tmp / "corpus.jsonl.gz"
-    with gzip.open(EMBEDDED_CORPUS, "rt") as src, gzip.open(corpus, "wt") as dst:
-        dst.writelines(itertools.islice(src, 300))
-    build = subprocess.run([PY, "-m", "retrieval_server", "build", "--corpus", str(corpus), "--out", str(tmp / "idx"),
-                            "--no-dense"], capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, build.stderr[-3000:]
-    port = _free_port()
-    log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([PY, "-m", "retrieval_server", "serve", "--index", str(tmp / "idx"), "--retriever", "bm25",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "retrieval server did not become ready"
-            time.sleep(1)
+    with retrieval_server(tmp, embedded_corpus_head(tmp / "corpus.jsonl", 300), dense=False) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
-        print((tmp / "serve.log").read_text()[-2000:])
 
 
 def test_grpo_with_search_rollouts_against_the_retrieval_server(retrieval_url, tmp_path):
     model = _warm_up_searcher(tmp_path / "searcher")
     dump = tmp_path / "rollouts"
-    cmd = [PY, "-m", "sage_rl.cli", "train", "--config-name", "grpo_search_tiny_cpu",
+    cmd = ["-m", "sage_rl.cli", "train", "--config-name", "grpo_search_tiny_cpu",
            f"actor_rollout_ref.model.path={model}", f"search_agent.retrieval_url={retrieval_url}",
            "trainer.total_training_steps=1", "trainer.save_freq=-1", f"+trainer.rollout_data_dir={dump}",
            f"reward.custom_reward_function.path={HERE / 'search_count_reward.py'}",
            "reward.custom_reward_function.name=search_count_score"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run([sys.executable, *cmd], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     log = proc.stdout + proc.stderr
     (tmp_path / "train.log").write_text(log)
     assert proc.returncode == 0, log[-6000:]
 
-    metrics = {}
-    for match in STEP_LINE.finditer(log):
-        for item in match.group(2).split(" - "):
-            key, _, value = item.partition(":")
-            try:
-                metrics[key.strip()] = float(value)
-            except ValueError:
-                pass
+    metrics = step_metrics(log).get(1, {})
     assert metrics.get("training/global_step") == 1.0, log[-4000:]
     # The retrieval server answered the policy's queries.
     served = httpx.get(f"{retrieval_url}/health", timeout=5).json()
