@@ -112,11 +112,10 @@ class MicroBatcher:
             k = max(r.topk for r in batch)
             try:
                 result = await loop.run_in_executor(self._executor, self.search_fn, queries, k)
-            except Exception as e:  # fail this batch's callers, keep serving
-                logger.exception("search failed for a batch of %d queries", len(queries))
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(e)
+            except Exception:
+                # One caller's bad input must not fail everyone batched with it: retry each request alone.
+                logger.exception("search failed for a batch of %d queries; retrying requests one by one", len(queries))
+                await self._run_one_by_one(batch)
                 continue
             self._batches += 1
             self._queries += len(queries)
@@ -132,6 +131,18 @@ class MicroBatcher:
                         )
                     )
                 offset += n
+
+    async def _run_one_by_one(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        for r in batch:
+            try:
+                result = await loop.run_in_executor(self._executor, self.search_fn, r.queries, r.topk)
+            except Exception as e:
+                if not r.future.done():
+                    r.future.set_exception(e)
+                continue
+            if not r.future.done():
+                r.future.set_result(result)
 
     def close(self) -> None:
         if self._task is not None:

@@ -195,6 +195,10 @@ def _check_limits(req: RetrieveRequest, limits: LimitsConfig) -> str | None:
         return "queries must be a non-empty list of strings"
     if len(req.queries) > limits.max_queries:
         return f"too many queries: {len(req.queries)} > max_queries={limits.max_queries}"
+    try:
+        "".join(req.queries).encode("utf-8")
+    except UnicodeEncodeError:
+        return "queries must be valid Unicode text (found a lone surrogate escape such as \\ud800)"
     longest = max(len(q) for q in req.queries)
     if longest > limits.max_query_chars:
         return f"query too long: {longest} characters > max_query_chars={limits.max_query_chars}"

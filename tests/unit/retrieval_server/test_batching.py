@@ -49,9 +49,10 @@ def test_concurrent_requests_are_batched_and_answered_in_order() -> None:
     assert search.threads == {next(iter(search.threads))} and batcher.stats().requests == 200
 
 
-def test_failed_batch_fails_only_its_callers_and_worker_keeps_serving() -> None:
+@pytest.mark.parametrize("max_batch", [1, 8])
+def test_failing_request_fails_alone_and_worker_keeps_serving(max_batch: int) -> None:
     search = _RecordingSearch(fail_on="q-666")
-    batcher = MicroBatcher(search, max_batch_queries=1, max_wait_ms=0)
+    batcher = MicroBatcher(search, max_batch_queries=max_batch, max_wait_ms=5)
 
     async def main():
         bad = batcher.submit(["q-666"], 2)

@@ -101,6 +101,7 @@ def test_contents_bytes_are_exactly_the_corpus(client: TestClient, small_corpus:
         ('[{"queries": ["a"]}]', 422, "valid dictionary"),
         ('{"queries": ["a","b","c","d","e","f","g","h","i"]}', 422, "too many queries: 9 > max_queries=8"),
         ('{"queries": ["' + "x" * 501 + '"]}', 422, "query too long: 501 characters > max_query_chars=500"),
+        ('{"queries": ["ok", "\\ud800"]}', 422, "valid Unicode"),
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_server_keeps_serving(
