@@ -1,14 +1,22 @@
-"""Default reward for search agents: correctness of the last `<answer>`, with the search count logged.
+"""Rewards for search agents: correctness of the last `<answer>`, with the search count logged.
 
-A plain callable in verl's `reward.custom_reward_function` signature, so users swap it for their own
-function by config (`reward.custom_reward_function.path=/path/to/file.py name=my_score`). It always
-returns the same keys, so verl logs them as per-key metrics without schema drift between batches.
+Plain callables in verl's `reward.custom_reward_function` signature, so users swap them for their own
+function by config (`reward.custom_reward_function.path=/path/to/file.py name=my_score`):
+
+- `compute_score` (default): exact match against the gold answers, free and deterministic;
+- `judge_score`: the paper's reward, an LLM judge (BrowseComp/HLE-style grader) behind any
+  OpenAI-compatible endpoint, configured through `reward.custom_reward_function.reward_kwargs`.
+
+Each returns the same keys on every call, so verl logs them as per-key metrics without schema drift.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from sage_rl.judge import LLMJudge
+from sage_rl.llm import OpenAIChatModel
 from sage_rl.protocol import extract_answer
 from sage_rl.qa_match import exact_match
 
@@ -45,4 +53,47 @@ def compute_score(
         "acc": acc,
         "format_ok": float(answer is not None),
         "num_searches": float((extra_info or {}).get("num_searches", 0)),
+    }
+
+
+_JUDGE_CLIENTS: dict[tuple, OpenAIChatModel] = {}
+
+
+def _judge_client(url: str, model: str, api_key_env: str | None, max_concurrency: int) -> OpenAIChatModel:
+    """One client per endpoint and event loop, so a reward worker reuses its connections across calls."""
+    key = (url, model, api_key_env, max_concurrency, id(asyncio.get_running_loop()))
+    if key not in _JUDGE_CLIENTS:
+        _JUDGE_CLIENTS[key] = OpenAIChatModel(url, model, api_key_env=api_key_env, max_concurrency=max_concurrency,
+                                              temperature=0.0)
+    return _JUDGE_CLIENTS[key]
+
+
+async def judge_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: dict | None = None,
+    *,
+    judge_url: str,
+    judge_model: str,
+    api_key_env: str | None = None,
+    max_concurrency: int = 32,
+    max_tokens: int = 512,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """An LLM judge grades the response's last `<answer>` against the gold answers (the paper's reward).
+
+    The question comes from `extra_info["question"]` (set by sage_rl's datasets). The API key is read
+    from the environment variable named by `api_key_env`, never from config.
+    """
+    extra_info = extra_info or {}
+    answer = extract_answer(solution_str)
+    judge = LLMJudge(_judge_client(judge_url, judge_model, api_key_env, max_concurrency), max_tokens=max_tokens)
+    verdict = await judge(str(extra_info.get("question", "")), answer, gold_answers(ground_truth))
+    return {
+        "score": verdict.score,
+        "acc": verdict.score,
+        "format_ok": float(answer is not None),
+        "num_searches": float(extra_info.get("num_searches", 0)),
+        "judge_garbled": float(verdict.garbled),
     }
