@@ -17,8 +17,6 @@ import signal
 import threading
 import time
 
-from ray import serve
-
 from retrieval_server.config import ServeConfig
 from retrieval_server.server import Service, create_app
 
@@ -29,29 +27,36 @@ MAX_ONGOING_REQUESTS = 512
 """Per replica. Ray Serve's default (5) would starve the micro-batcher of concurrent requests."""
 
 
-@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS)
-@serve.ingress()
-class RetrievalDeployment:
-    """One replica: loads the index in its constructor, then serves the standard app."""
+def _deployment_class():
+    """The Ray Serve deployment, built on first use so that importing this module needs no `ray[serve]`."""
+    from ray import serve
 
-    def __init__(self, cfg_json: str) -> None:
-        self.cfg = ServeConfig.model_validate_json(cfg_json)
-        self.service = Service.load(self.cfg)
+    @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS)
+    @serve.ingress()
+    class RetrievalDeployment:
+        """One replica: loads the index in its constructor, then serves the standard app."""
 
-    def __serve_build_asgi_app__(self):
-        return create_app(self.cfg, service=self.service)
+        def __init__(self, cfg_json: str) -> None:
+            self.cfg = ServeConfig.model_validate_json(cfg_json)
+            self.service = Service.load(self.cfg)
+
+        def __serve_build_asgi_app__(self):
+            return create_app(self.cfg, service=self.service)
+
+    return RetrievalDeployment
 
 
 def deploy(cfg: ServeConfig, num_cpus_per_replica: float = 1.0) -> str:
     """Start Ray Serve on cfg.host:cfg.port with cfg.ray_replicas replicas; returns the URL."""
     import ray
+    from ray import serve
 
     if not ray.is_initialized():
         # "local" starts a private instance instead of attaching to whatever cluster happens to run here.
         address = os.environ.get("RAY_ADDRESS", "local")
         ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    app = RetrievalDeployment.options(
+    app = _deployment_class().options(
         num_replicas=cfg.ray_replicas, ray_actor_options={"num_cpus": num_cpus_per_replica}
     ).bind(cfg.model_dump_json())
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
@@ -61,6 +66,7 @@ def deploy(cfg: ServeConfig, num_cpus_per_replica: float = 1.0) -> str:
 def run_ray_serve(cfg: ServeConfig) -> int:
     """CLI entry: deploy, print the URL, block until SIGINT/SIGTERM, then shut Ray Serve down."""
     import ray
+    from ray import serve
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
