@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import httpx
 import numpy as np
 from _retrieval_common import COMBINED_CORPUS, ensure_index, load_questions, start_server
 
@@ -78,6 +79,7 @@ def main() -> None:
     p.add_argument("--index", type=Path, help="prebuilt index dir (otherwise built+cached from --corpus)")
     p.add_argument("--queries", type=int, default=512, help="queries per load level")
     p.add_argument("--torch-threads", type=int, default=1, help="same for limit, naive and server")
+    p.add_argument("--max-wait-ms", type=float, help="server batching wait (default: the server's)")
     args = p.parse_args()
     index = ensure_index(args.corpus, args.index)
     queries = [q["question"] for q in load_questions()][: args.queries]
@@ -93,25 +95,32 @@ def main() -> None:
 
     levels = [(1, 1), (16, 1), (64, 1), (4, 32)]
     results: dict[str, dict] = {}
-    for name, extra in (("naive", ["--max-batch", "1", "--max-wait-ms", "0"]), ("server", [])):
+    server_flags = [] if args.max_wait_ms is None else ["--max-wait-ms", str(args.max_wait_ms)]
+    for name, extra in (("naive", ["--max-batch", "1", "--max-wait-ms", "0"]), ("server", server_flags)):
         threads = ["--torch-threads", str(args.torch_threads)]
         proc, url = start_server("--index", str(index), "--max-topk", "100", *threads, *extra)
         try:
             asyncio.run(run_load(url, queries[:32], 4, 1))  # warm up
             for conc, per in levels:
                 n = len(queries) if (name == "server" or conc > 1) else len(queries) // 2
-                results[f"{name}/{conc}x{per}"] = asyncio.run(run_load(url, queries[:n], conc, per))
+                before = httpx.get(f"{url}/health").json()
+                results[f"{name}/{conc}x{per}"] = res = asyncio.run(run_load(url, queries[:n], conc, per))
+                after = httpx.get(f"{url}/health").json()
+                res["batch"] = (after["queries"] - before["queries"]) / max(after["batches"] - before["batches"], 1)
         finally:
             proc.terminate()
             proc.wait()
 
-    print(f"\n{'load':<22}{'naive q/s':>10}{'p50':>8}{'p99':>8}{'server q/s':>12}{'p50':>8}{'p99':>8}{'speedup':>9}")
+    print(
+        f"\n{'load':<22}{'naive q/s':>10}{'p50':>8}{'p99':>8}{'server q/s':>12}{'p50':>8}{'p99':>8}"
+        f"{'speedup':>9}{'avg batch':>10}"
+    )
     for conc, per in levels:
         a, b = results[f"naive/{conc}x{per}"], results[f"server/{conc}x{per}"]
         label = f"{conc} clients x {per} q"
         print(
             f"{label:<22}{a['qps']:>10.1f}{a['p50']:>8.3f}{a['p99']:>8.3f}"
-            f"{b['qps']:>12.1f}{b['p50']:>8.3f}{b['p99']:>8.3f}{b['qps'] / a['qps']:>8.2f}x"
+            f"{b['qps']:>12.1f}{b['p50']:>8.3f}{b['p99']:>8.3f}{b['qps'] / a['qps']:>8.2f}x{b['batch']:>10.1f}"
         )
     # Measured again after the servers: on a shared machine the best of both passes is the fairer limit.
     rates_after = in_process_rates(enc, faiss_index, queries)
