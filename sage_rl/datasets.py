@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -63,8 +64,10 @@ def embedded_hotpotqa_parquet(split: str, prompt: str = "direct") -> Path:
     """
     if prompt not in PROMPTS:
         raise ValueError(f"unknown prompt {prompt!r}; expected one of {sorted(PROMPTS)}")
-    path = cache_dir() / "data" / f"hotpotqa-{split}-{prompt}-v1.parquet"
+    template = PROMPTS[prompt]
+    digest = hashlib.sha1(template.encode()).hexdigest()[:8]  # a reworded prompt must not reuse old files
+    path = cache_dir() / "data" / f"hotpotqa-{split}-{prompt}-{digest}.parquet"
     if not path.is_file():
-        rows = (verl_row(q, i, "hotpotqa", PROMPTS[prompt]) for i, q in enumerate(embedded_questions(split)))
+        rows = (verl_row(q, i, "hotpotqa", template) for i, q in enumerate(embedded_questions(split)))
         write_verl_parquet(rows, path)
     return path

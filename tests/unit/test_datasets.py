@@ -42,3 +42,15 @@ def test_bad_items_are_rejected(tmp_path):
 def test_unknown_split_is_rejected():
     with pytest.raises(ValueError, match="unknown split"):
         embedded_questions("validation")
+
+
+def test_search_prompt_rows_and_cache_keyed_by_prompt(tmp_path, monkeypatch):
+    from sage_rl.protocol import SEARCH_PROMPT
+
+    monkeypatch.setenv("SAGE_RL_CACHE", str(tmp_path))
+    direct, search = embedded_hotpotqa_parquet("dev"), embedded_hotpotqa_parquet("dev", "search")
+    assert direct != search
+    content = pq.read_table(search).to_pylist()[0]["prompt"][0]["content"]
+    assert content.startswith(SEARCH_PROMPT.split("{question}")[0]) and "<search>" in content
+    with pytest.raises(ValueError, match="unknown prompt"):
+        embedded_hotpotqa_parquet("dev", "cot")
