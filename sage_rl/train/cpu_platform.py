@@ -21,7 +21,7 @@ returns if any is present. Otherwise it registers the platform and applies these
   selects them; they run on CPU because our platform's current device is `"cpu"`); vLLM needs
   `VLLM_TARGET_DEVICE=cpu` and a KV-cache size in GB.
 
-What stays config (see `recipes/train/grpo_tiny_cpu.yaml`): a fake Ray GPU resource, sdpa attention,
+What stays config (see `recipes/train/cpu/tiny.yaml`): a fake Ray GPU resource, sdpa attention,
 FSDP2, vLLM sleep mode off, and enough logical Ray CPUs for TransferQueue's actors.
 """
 

@@ -77,3 +77,21 @@ def test_explicit_platform_choice_is_respected():
         print(json.dumps({"active": cpu_platform.CPU_ACTIVE}))
     """, VERL_PLATFORM="nvidia", VERL_USE_EXTERNAL_PLUGINS="none")
     assert result == {"active": False}
+
+
+def test_vllm_keeps_plain_weights_so_verl_can_sync_them():
+    # In vLLM's worker processes vLLM is imported first, then verl (verl's worker extension class).
+    result = _run("""
+        import json, torch
+        import vllm.model_executor.layers.utils as vu
+        import verl
+        layer = torch.nn.Linear(64, 64, bias=False)
+        weight = layer.weight
+        vu.dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
+        x = torch.randn(2, 64)
+        with torch.no_grad():
+            weight.mul_(2.0)  # an in-place weight update, as verl's weight sync does
+        same = torch.allclose(layer.cpu_linear(x, layer.weight, None), x @ weight.T)
+        print(json.dumps({"kept": layer.weight is weight, "uses_current_weight": bool(same)}))
+    """)
+    assert result == {"kept": True, "uses_current_weight": True}
