@@ -80,10 +80,17 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=512, help="queries per load level")
     p.add_argument("--torch-threads", type=int, default=1, help="same for limit, naive and server")
     p.add_argument("--max-wait-ms", type=float, help="server batching wait (default: the server's)")
+    p.add_argument(
+        "--naive-torch-threads",
+        type=int,
+        help="torch threads of the naive server (default: same as --torch-threads; 0 = torch's default, "
+        "i.e. how Search-R1's server runs)",
+    )
     args = p.parse_args()
     index = ensure_index(args.corpus, args.index)
     queries = [q["question"] for q in load_questions()][: args.queries]
     print(f"index {index} ({Manifest.read(index).num_docs} passages), {len(queries)} queries, cpus {os.cpu_count()}")
+    print(f"torch threads: limit/server {args.torch_threads}, naive {args.naive_torch_threads or 'default'}")
     print(f"load average before: {os.getloadavg()[0]:.2f} (> 0.5 means another workload shares the cores)")
 
     m = Manifest.read(index).dense
@@ -96,8 +103,10 @@ def main() -> None:
     levels = [(1, 1), (16, 1), (64, 1), (4, 32)]
     results: dict[str, dict] = {}
     server_flags = [] if args.max_wait_ms is None else ["--max-wait-ms", str(args.max_wait_ms)]
+    naive_threads = args.torch_threads if args.naive_torch_threads is None else args.naive_torch_threads
     for name, extra in (("naive", ["--max-batch", "1", "--max-wait-ms", "0"]), ("server", server_flags)):
-        threads = ["--torch-threads", str(args.torch_threads)]
+        n_threads = naive_threads if name == "naive" else args.torch_threads
+        threads = ["--torch-threads", str(n_threads)] if n_threads else []
         proc, url = start_server("--index", str(index), "--max-topk", "100", *threads, *extra)
         try:
             asyncio.run(run_load(url, queries[:32], 4, 1))  # warm up
