@@ -16,8 +16,11 @@ from sage_world import write_corpus
 
 HERE = Path(__file__).resolve().parent
 
+# The signal line: a child of a background job (e.g. CI started with `&`) inherits SIGINT as ignored, and
+# Python then keeps ignoring it; restore what a terminal's Ctrl-C reaches.
 DRIVER = """
-import asyncio, sys
+import asyncio, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {here!r})
 from sage_world import FakeRetriever, standard_cfg, standard_world
 from sage_rl.generate.loop import Pipeline, run_generation
