@@ -5,9 +5,9 @@ wastes most of the encoder (MiniLM on 2 cores: ~40 queries/s alone vs ~130 queri
 batcher queues concurrent requests and runs them as one encode+search call in a single worker thread:
 
 - a batch starts as soon as the worker is free and at least one request is waiting;
-- it takes every waiting request, up to `max_batch_queries` queries, and waits at most `max_wait_ms`
-  for more if it is not full (with a busy worker the queue refills while the previous batch runs, so the
-  wait rarely matters);
+- it takes every waiting request, up to `max_batch_queries` queries; if that is fewer queries than the
+  previous batch had, it waits at most `max_wait_ms` for more (steady load keeps batches full, while a
+  lone client never waits);
 - each caller gets back exactly its own rows, in order, cut to its own topk.
 
 One worker thread on purpose: the encoder and FAISS already use all cores, so parallel batches would
@@ -57,6 +57,7 @@ class MicroBatcher:
         self._carry: _Request | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval-batch")
         self._batches = self._queries = self._requests = 0
+        self._last_batch = 1
 
     def stats(self) -> BatchStats:
         return BatchStats(batches=self._batches, queries=self._queries, requests=self._requests)
@@ -84,12 +85,15 @@ class MicroBatcher:
         batch, n = [first], len(first.queries)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
+        # Wait (up to max_wait) only until the batch is as big as the previous one: steady concurrent load
+        # refills full batches, while a lone client is never held back waiting for company.
+        target = min(self.max_batch_queries, self._last_batch)
         while n < self.max_batch_queries:
             try:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or n >= target:
                     break
                 try:
                     item = await asyncio.wait_for(queue.get(), remaining)
@@ -118,6 +122,7 @@ class MicroBatcher:
                 await self._run_one_by_one(batch)
                 continue
             self._batches += 1
+            self._last_batch = len(queries)
             self._queries += len(queries)
             self._requests += len(batch)
             offset = 0

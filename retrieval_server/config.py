@@ -72,7 +72,9 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_queries: int = Field(128, ge=1, description="Most queries encoded+searched together")
-    max_wait_ms: float = Field(2.0, ge=0, description="How long a non-full batch waits for more requests")
+    max_wait_ms: float = Field(
+        10.0, ge=0, description="Longest wait for a batch to grow back to the previous batch's size"
+    )
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets a 503")
 
 

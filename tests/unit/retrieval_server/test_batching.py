@@ -88,3 +88,16 @@ def test_lone_request_is_not_held_longer_than_max_wait(wait_ms: float) -> None:
         return loop.time() - t
 
     assert asyncio.run(main()) < wait_ms / 1000 + 0.5
+
+
+def test_sequential_lone_requests_do_not_wait_for_company() -> None:
+    batcher = MicroBatcher(_RecordingSearch(delay=0), max_batch_queries=64, max_wait_ms=500)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        for i in range(5):
+            await batcher.submit([f"q-{i}"], 1)
+        return loop.time() - t
+
+    assert asyncio.run(main()) < 0.5  # 5 requests; waiting for a fuller batch would take >= 2.5 s
