@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("--corpus", type=Path, default=COMBINED_CORPUS)
     p.add_argument("--index", type=Path, help="prebuilt index dir (otherwise built+cached from --corpus)")
     p.add_argument("--queries", type=int, default=512, help="queries per load level")
-    p.add_argument("--torch-threads", type=int, default=1, help="same for limit, naive and server")
+    p.add_argument("--torch-threads", type=int, default=1, help="same for limit, naive and server; 0 = torch default")
     p.add_argument("--max-wait-ms", type=float, help="server batching wait (default: the server's)")
     p.add_argument(
         "--naive-torch-threads",
@@ -94,7 +94,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} (> 0.5 means another workload shares the cores)")
 
     m = Manifest.read(index).dense
-    enc_cfg = EncoderConfig(model=m.model, max_seq_length=m.max_seq_length, torch_threads=args.torch_threads)
+    enc_cfg = EncoderConfig(model=m.model, max_seq_length=m.max_seq_length, torch_threads=args.torch_threads or None)
     enc, faiss_index = load_encoder(enc_cfg), load_faiss_index(index, 128, 16)
     enc.encode_queries(queries[:64])  # warm up
     rates_before = in_process_rates(enc, faiss_index, queries)
