@@ -112,6 +112,16 @@ def _is_retryable_status(status: int) -> bool:
     return status in _RETRY_STATUS or status >= 500
 
 
+def _retryable_failure(response: httpx.Response, path: str) -> str:
+    """'' for a success, the failure for a retryable status; raises at once for any other (4xx) status."""
+    if response.is_success:
+        return ""
+    message = _server_message(response)
+    if not _is_retryable_status(response.status_code):
+        raise RetrievalError(f"HTTP {response.status_code} from {path}: {message}", response.status_code)
+    return f"HTTP {response.status_code}: {message}"
+
+
 class RetrievalClient:
     """Blocking client. Thread-safe (httpx.Client is); reuse one instance for connection pooling.
 
@@ -157,12 +167,9 @@ class RetrievalClient:
                 last = f"{type(e).__name__}: {e}"
                 logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, last)
                 continue
-            if response.is_success:
+            last = _retryable_failure(response, path)
+            if not last:
                 return response
-            message = _server_message(response)
-            if not _is_retryable_status(response.status_code):
-                raise RetrievalError(f"HTTP {response.status_code} from {path}: {message}", response.status_code)
-            last = f"HTTP {response.status_code}: {message}"
             logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, last)
         raise RetrievalError(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempts: {last}")
 
@@ -230,12 +237,9 @@ class AsyncRetrievalClient:
                 last = f"{type(e).__name__}: {e}"
                 logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, last)
                 continue
-            if response.is_success:
+            last = _retryable_failure(response, path)
+            if not last:
                 return response
-            message = _server_message(response)
-            if not _is_retryable_status(response.status_code):
-                raise RetrievalError(f"HTTP {response.status_code} from {path}: {message}", response.status_code)
-            last = f"HTTP {response.status_code}: {message}"
             logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, last)
         raise RetrievalError(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempts: {last}")
 
