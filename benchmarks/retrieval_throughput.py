@@ -4,7 +4,9 @@
 
 All three are measured in one run on the same machine, index (MiniLM, FAISS Flat) and HotpotQA questions:
   limit    encoder+FAISS in this process at its best batch size (no HTTP)
-  naive    the same server with --max-batch 1: each request encoded and searched alone (Search-R1's way)
+  naive    the same server with --max-batch 1: each request encoded and searched alone, one at a time
+  sr1      a server built like Search-R1's (benchmarks/_searchr1_style_server.py): a synchronous endpoint,
+           each request encoded and searched alone in a thread pool, concurrently with the others
   server   the same server with cross-request micro-batching (defaults)
 Load: 1, 16, 64 concurrent clients sending one query per request, and 4 clients sending 32-query batches.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +77,27 @@ async def run_load(url: str, queries: list[str], concurrency: int, per_request: 
     }
 
 
+def start_searchr1_style(index: Path) -> tuple[subprocess.Popen, str]:
+    """The Search-R1-style fixture server on a free port, once its /health answers."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(__file__).with_name("_searchr1_style_server.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(index), str(port)])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"Search-R1-style server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("Search-R1-style server did not start")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", type=Path, default=COMBINED_CORPUS)
@@ -119,17 +144,27 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait()
+    proc, url = start_searchr1_style(index)
+    try:
+        asyncio.run(run_load(url, queries[:32], 4, 1))  # warm up
+        for conc, per in levels:
+            n = len(queries) if conc > 1 else len(queries) // 2
+            results[f"sr1/{conc}x{per}"] = asyncio.run(run_load(url, queries[:n], conc, per))
+    finally:
+        proc.terminate()
+        proc.wait()
 
     print(
-        f"\n{'load':<22}{'naive q/s':>10}{'p50':>8}{'p99':>8}{'server q/s':>12}{'p50':>8}{'p99':>8}"
-        f"{'speedup':>9}{'avg batch':>10}"
+        f"\n{'load':<22}{'naive q/s':>10}{'p50':>8}{'p99':>8}{'sr1 q/s':>9}{'p99':>8}{'server q/s':>12}{'p50':>8}"
+        f"{'p99':>8}{'vs naive':>9}{'vs sr1':>8}{'avg batch':>10}"
     )
     for conc, per in levels:
-        a, b = results[f"naive/{conc}x{per}"], results[f"server/{conc}x{per}"]
+        a, c, b = results[f"naive/{conc}x{per}"], results[f"sr1/{conc}x{per}"], results[f"server/{conc}x{per}"]
         label = f"{conc} clients x {per} q"
         print(
-            f"{label:<22}{a['qps']:>10.1f}{a['p50']:>8.3f}{a['p99']:>8.3f}"
-            f"{b['qps']:>12.1f}{b['p50']:>8.3f}{b['p99']:>8.3f}{b['qps'] / a['qps']:>8.2f}x{b['batch']:>10.1f}"
+            f"{label:<22}{a['qps']:>10.1f}{a['p50']:>8.3f}{a['p99']:>8.3f}{c['qps']:>9.1f}{c['p99']:>8.3f}"
+            f"{b['qps']:>12.1f}{b['p50']:>8.3f}{b['p99']:>8.3f}{b['qps'] / a['qps']:>8.2f}x{b['qps'] / c['qps']:>7.2f}x"
+            f"{b['batch']:>10.1f}"
         )
     # Measured again after the servers: on a shared machine the best of both passes is the fairer limit.
     rates_after = in_process_rates(enc, faiss_index, queries)
@@ -137,14 +172,18 @@ def main() -> None:
     rates = {bs: max(rates_before[bs], rates_after[bs]) for bs in rates_before}
     best_bs = max(rates, key=rates.get)
     limit = rates[best_bs]
-    s64, n64 = results["server/64x1"], results["naive/64x1"]
+    s64, n64, r64 = results["server/64x1"], results["naive/64x1"], results["sr1/64x1"]
     same = np.mean([x == y for x, y in zip(s64["ids"], n64["ids"], strict=True)])
     print(f"\nin-process limit (batch {best_bs}): {limit:.1f} q/s")
     print(f"server @64 single-query clients / limit  = {s64['qps'] / limit:.2f}   (target >= 0.85)")
     print(f"server @64 / in-process at batch 64      = {s64['qps'] / rates[64]:.2f}   (64 clients form batches <= 64)")
     print(f"server @64 / naive @64                    = {s64['qps'] / n64['qps']:.2f}x  (target >= 3.5x)")
+    print(f"server @64 / Search-R1-style @64          = {s64['qps'] / r64['qps']:.2f}x  (target >= 3.5x; "
+          f"Search-R1-style p99 {r64['p99']:.3f} s)")
     print(f"server @64 p99                            = {s64['p99']:.3f} s (target < 1 s)")
     print(f"identical top-{TOPK} ids, server vs naive   = {same:.4f} of {len(s64['ids'])} queries")
+    same_sr1 = np.mean([x == y for x, y in zip(s64["ids"], r64["ids"], strict=True)])
+    print(f"identical top-{TOPK} ids, server vs sr1     = {same_sr1:.4f} of {len(s64['ids'])} queries")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
