@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import requests
+from servers import free_port
 
 from retrieval_server.client import AsyncRetrievalClient, RetrievalClient, RetrievalError
 
@@ -190,14 +190,8 @@ def test_manifest_mismatch_is_refused(index: Path) -> None:
     assert "built with model 'hashing-256'" in "".join(s.log) and "dimension 128 != 256" in "".join(s.log)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_serve_two_replicas_one_url(index: Path) -> None:
-    port = _free_port()
+    port = free_port()
     s = Server("--index", str(index), "--port", str(port), "--ray-replicas", "2", timeout=240)
     try:
         assert s.url == f"http://127.0.0.1:{port}", "".join(s.log[-30:])
