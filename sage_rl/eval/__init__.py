@@ -1,0 +1,1 @@
+"""Evaluation of search agents on benchmarks: metrics, episode runner and the `sage-rl eval` command."""
