@@ -8,7 +8,6 @@ L2-normalised, so FAISS inner product is cosine similarity.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import zlib
 from typing import Protocol
@@ -56,19 +55,26 @@ class Encoder(Protocol):
 
 
 class SentenceTransformerEncoder:
-    """Any sentence-transformers model on CPU (or the configured device), offline."""
+    """Any sentence-transformers model on CPU (or the configured device).
+
+    The embedded default (all-MiniLM-L6-v2 from its wheel) loads with `local_files_only`, so it never
+    touches the network. Any other name loads as sentence-transformers does: from the local HF cache, or
+    downloaded on a connected machine. Offline mode is the caller's choice (`HF_HUB_OFFLINE=1`, as the
+    tests set it); the library leaves the environment alone.
+    """
 
     def __init__(self, cfg: EncoderConfig) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
         from sentence_transformers import SentenceTransformer
 
         if cfg.torch_threads is not None:
+            import torch
+
             torch.set_num_threads(cfg.torch_threads)
 
         self.name = cfg.model
         path = resolve_model_path(cfg.model)
-        self.model = SentenceTransformer(path, device=cfg.device)
+        embedded = cfg.model.lower() in _MINILM_ALIASES  # resolved to the wheel's folder above
+        self.model = SentenceTransformer(path, device=cfg.device, local_files_only=embedded)
         if cfg.max_seq_length is not None:
             self.model.max_seq_length = cfg.max_seq_length
         self.max_seq_length = self.model.max_seq_length
