@@ -2,6 +2,7 @@
 
     python -m retrieval_server build --corpus sage_rl/assets/hotpotqa/corpus.jsonl.gz --out indexes/hotpotqa
     python -m retrieval_server serve --index indexes/hotpotqa            # http://127.0.0.1:8000
+    SERPER_API_KEY=... python -m retrieval_server serve --retriever web  # Google results, no index
 
 Every flag can also come from a YAML/JSON file (`--config`), whose keys are the fields of `BuildConfig` /
 `ServeConfig` in `config.py`; flags given on the command line override the file.
@@ -21,6 +22,8 @@ from retrieval_server.config import (
     BuildConfig,
     LimitsConfig,
     ServeConfig,
+    WebSearchConfig,
+    default_web_cache_dir,
     load_config_file,
 )
 
@@ -90,6 +93,10 @@ def serve_main(args: argparse.Namespace) -> int:
     _set(d, "batching.max_wait_ms", args.max_wait_ms)
     _set(d, "faiss_threads", args.faiss_threads)
     _set(d, "ray_replicas", args.ray_replicas)
+    _set(d, "web.endpoint", args.web_endpoint)
+    _set(d, "web.api_key_env", args.web_api_key_env)
+    _set(d, "web.cache_dir", args.web_cache_dir)
+    _set(d, "web.max_requests_per_second", args.web_rps)
     if args.model is not None:
         _encoder_overrides(args, d)
     _set(d, "torch_threads", args.torch_threads)
@@ -102,7 +109,7 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 def run_uvicorn(cfg: ServeConfig) -> int:
-    """Serve with uvicorn in this process; print the URL once the index is loaded and the socket is bound."""
+    """Serve with uvicorn in this process; print the URL once the retriever is loaded and the socket is bound."""
     import uvicorn
 
     from retrieval_server.server import create_app
@@ -115,7 +122,7 @@ def run_uvicorn(cfg: ServeConfig) -> int:
         while not server.started and not server.should_exit:
             threading.Event().wait(0.05)
         if app.state.state["error"]:
-            logger.error("index failed to load: %s", app.state.state["error"])
+            logger.error("%s retriever failed to load: %s", cfg.retriever, app.state.state["error"])
             server.should_exit = True
             return
         host, port = server.servers[0].sockets[0].getsockname()[:2]
@@ -144,10 +151,10 @@ def make_parser() -> argparse.ArgumentParser:
     _encoder_flags(b)
     b.set_defaults(func=build_main)
 
-    s = sub.add_parser("serve", help="serve an index over HTTP (Search-R1 /retrieve contract)")
+    s = sub.add_parser("serve", help="serve an index or a web-search API over HTTP (Search-R1 /retrieve contract)")
     s.add_argument("--config", type=Path, help="YAML/JSON file with ServeConfig fields")
-    s.add_argument("--index", type=Path, help="index directory written by `build`")
-    s.add_argument("--retriever", choices=["dense", "bm25", "hybrid"], help="default dense")
+    s.add_argument("--index", type=Path, help="index directory written by `build` (not used by --retriever web)")
+    s.add_argument("--retriever", choices=["dense", "bm25", "hybrid", "web"], help="default dense")
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default 8000; 0 = any free port)")
     s.add_argument("--topk", type=int, help=f"default topk (default {LimitsConfig().default_topk})")
@@ -157,6 +164,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--faiss-threads", type=int, help="OpenMP threads for FAISS")
     s.add_argument("--ray-replicas", type=int, help="run N replicas behind one URL with Ray Serve")
     _encoder_flags(s, "; default: the manifest's model")
+    web = WebSearchConfig.model_fields
+    s.add_argument("--web-endpoint", help=f"--retriever web: search API URL (default {web['endpoint'].default})")
+    s.add_argument("--web-api-key-env", help=f"variable holding the API key (default {web['api_key_env'].default})")
+    s.add_argument("--web-cache-dir", type=Path, help=f"result cache folder (default {default_web_cache_dir()})")
+    s.add_argument("--web-rps", type=float, help=f"API requests/s (default {web['max_requests_per_second'].default})")
     s.set_defaults(func=serve_main)
     return parser
 

