@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["sage_rl", "sage_rl.*", "retrieval_server", "retrieval_server.*"]),
-    package_data={"sage_rl": ["assets/hotpotqa/*.jsonl.gz", "train/*.yaml"]},
+    package_data={"sage_rl": ["assets/hotpotqa/*.jsonl.gz", "assets/benchmarks/*.jsonl", "train/*.yaml"]},
     install_requires=[
         "verl[verl-core]==0.9.1",
         "ray[default,serve]>=2.41",  # serve: retrieval server replicas

@@ -52,7 +52,8 @@ class LLMError(Exception):
 
 
 class ChatModel(Protocol):
-    """What agents and judges call. `stop` strings are cut from the returned text (OpenAI semantics)."""
+    """What agents and judges call. `stop` strings are cut from the returned text (OpenAI semantics);
+    `extra_body` adds server-specific request fields (e.g. vLLM's `continue_final_message`)."""
 
     async def chat(
         self,
@@ -61,6 +62,7 @@ class ChatModel(Protocol):
         stop: Sequence[str] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> Completion: ...
 
 
@@ -119,6 +121,7 @@ class OpenAIChatModel:
         stop: Sequence[str] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> Completion:
         body: dict[str, Any] = {
             "model": self.model,
@@ -126,6 +129,7 @@ class OpenAIChatModel:
             "max_tokens": max_tokens or self.max_tokens,
             "temperature": self.temperature if temperature is None else temperature,
             **self.extra_body,
+            **(extra_body or {}),
         }
         if stop:
             body["stop"] = list(stop)
@@ -194,6 +198,7 @@ class ScriptedChatModel:
         stop: Sequence[str] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> Completion:
         self.calls.append([dict(m) for m in messages])
         if self.delay:
@@ -235,7 +240,9 @@ class MeteredChatModel:
         stop: Sequence[str] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> Completion:
-        completion = await self.inner.chat(messages, stop=stop, max_tokens=max_tokens, temperature=temperature)
+        completion = await self.inner.chat(messages, stop=stop, max_tokens=max_tokens, temperature=temperature,
+                                           extra_body=extra_body)
         self.usage.add(completion)
         return completion

@@ -6,8 +6,11 @@ evaluation, so that training and evaluation parse and render exactly the same te
 - tags and the stop strings a model is sampled with (`</search>`, `</answer>`);
 - `parse_action`: the last complete action of a turn (Search-R1 takes the first; we take the last so
   that a model quoting an example before acting is read by what it finally did);
-- `INVALID_ACTION_MESSAGE`: the observation after a turn with no valid action;
-- `render_information`: retrieved passages as `Doc i(Title: t) text` inside `<information>`;
+- `INVALID_ACTION_MESSAGE`: the observation after a turn with no valid action: Search-R1's wording with the
+  tags named, not written (Search-R1's `between <answer> and </answer>` parses as the answer "and"), so
+  nothing the environment says can be read as an action;
+- `render_information`: retrieved passages exactly as Search-R1's `_passages2string` renders them,
+  `Doc i(Title: <first line of contents>) <rest>` (the title keeps its quotes), inside `<information>`;
 - `truncate_tokens`: observation truncation by tokens (a tokenizer's, or whitespace tokens without one);
 - `SEARCH_PROMPT`: our wording of Search-R1's "base" instruction for search agents.
 """
@@ -19,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from retrieval_server.client import Hit
+
 THINK, SEARCH, INFORMATION, ANSWER = "think", "search", "information", "answer"
 STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
 
@@ -26,8 +31,8 @@ ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 
 INVALID_ACTION_MESSAGE = (
-    "\nMy previous action is invalid. To search, I must put the query between <search> and </search>. "
-    "To give the final answer, I must put it between <answer> and </answer>. Let me try again.\n"
+    "\nMy previous action is invalid. If I want to search, I should put the query between the search tags. "
+    "If I want to give the final answer, I should put the answer between the answer tags. Let me try again.\n"
 )
 
 # Our paraphrase of Search-R1's base template (peers.md §1.3); `{question}` is filled by `search_prompt`.
@@ -157,45 +162,35 @@ def truncate_tokens(text: str, max_tokens: int | None, tokenizer: Tokenizer | No
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
 
-@dataclass(frozen=True)
-class Passage:
-    """One retrieved passage in the corpus' `{"id", "contents": "\\"Title\\"\\ntext"}` convention."""
+def render_passages(passages: Iterable[Hit]) -> str:
+    """Search-R1's `_passages2string`: one `Doc i(Title: <first line>) <rest>` line per passage, 1-based.
 
-    id: str
-    title: str
-    text: str
+    Passages are `retrieval_server.client.Hit`s, sage_rl's one passage type (a corpus row: id, contents).
 
-    @classmethod
-    def from_contents(cls, id: str, contents: str) -> Passage:
-        """Split Search-R1 `contents` into title (first line, quotes stripped) and text.
+    The title is the first line of `contents` as it is, quotes included, like Search-R1's.
 
-        >>> Passage.from_contents("3", '"Paris"\\nCapital of France.')
-        Passage(id='3', title='Paris', text='Capital of France.')
-        """
-        first, _, rest = contents.partition("\n")
-        if len(first) >= 2 and first[0] == first[-1] == '"':
-            first = first[1:-1]
-        return cls(id=str(id), title=first, text=rest)
-
-
-def render_passages(passages: Iterable[Passage]) -> str:
-    """Search-R1's passage listing, one `Doc i(Title: t) text` line per passage, 1-based.
-
-    >>> render_passages([Passage("1", "Paris", "Capital of France.")])
-    'Doc 1(Title: Paris) Capital of France.\\n'
+    >>> render_passages([Hit("1", '"Paris"\\nCapital of France.', None)])
+    'Doc 1(Title: "Paris") Capital of France.\\n'
     """
-    return "".join(f"Doc {i}(Title: {p.title}) {p.text}\n" for i, p in enumerate(passages, 1))
+    out = []
+    for i, p in enumerate(passages, 1):
+        title, _, text = p.contents.partition("\n")
+        out.append(f"Doc {i}(Title: {title}) {text}\n")
+    return "".join(out)
 
 
 def render_information(
-    passages: Iterable[Passage], max_tokens: int | None = None, tokenizer: Tokenizer | None = None
+    passages: Iterable[Hit], max_tokens: int | None = None, tokenizer: Tokenizer | None = None
 ) -> str:
-    """The observation appended after a search: passages inside `<information>`, truncated by tokens.
+    """The observation after a search: Search-R1's `\\n\\n<information>{passages.strip()}</information>\\n\\n`.
 
-    >>> render_information([Passage("1", "Paris", "Capital of France.")])
-    '\\n\\n<information>Doc 1(Title: Paris) Capital of France.\\n</information>\\n\\n'
+    Truncation (`max_tokens`, Search-R1's `max_obs_length`) cuts the passages, not the tags: Search-R1
+    cuts the whole observation's tokens, which can drop the closing `</information>`.
+
+    >>> render_information([Hit("1", '"Paris"\\nCapital of France.', None)])
+    '\\n\\n<information>Doc 1(Title: "Paris") Capital of France.</information>\\n\\n'
     """
-    body = truncate_tokens(render_passages(passages), max_tokens, tokenizer)
+    body = truncate_tokens(render_passages(passages).strip(), max_tokens, tokenizer)
     return f"\n\n<{INFORMATION}>{body}</{INFORMATION}>\n\n"
 
 

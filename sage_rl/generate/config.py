@@ -59,7 +59,7 @@ class GeneratorConfig:
     """A_gen."""
 
     llm: LLMConfig = field(default_factory=LLMConfig)
-    search_budget: int = 20  # searches before the forcing message
+    max_searches: int = 20  # search budget; a search beyond it gets the forcing message and one last call
     max_obs_tokens: int | None = 500  # truncation of each <information> block
 
 
@@ -69,7 +69,7 @@ class SolverConfig:
 
     llm: LLMConfig = field(default_factory=LLMConfig)
     num_rollouts: int = 4  # K
-    max_turns: int = 10  # max searches per rollout; then one forced answer call
+    max_searches: int = 10  # search budget per rollout; a search beyond it gets one last answer-only call
     max_obs_tokens: int | None = 500
 
 
@@ -133,8 +133,10 @@ def validate(cfg: GenerateConfig) -> GenerateConfig:
         raise ValueError(f"loop.mode must be feedback or resample, not {cfg.loop.mode!r}")
     if cfg.judge.kind not in ("llm", "em", "f1", "cover_em"):
         raise ValueError(f"judge.kind must be llm, em, f1 or cover_em, not {cfg.judge.kind!r}")
-    if cfg.solver.num_rollouts < 1 or cfg.loop.rounds < 0 or cfg.generator.search_budget < 0:
-        raise ValueError("need solver.num_rollouts >= 1, loop.rounds >= 0, generator.search_budget >= 0")
+    if cfg.solver.num_rollouts < 1 or cfg.loop.rounds < 0 or cfg.generator.max_searches < 0:
+        raise ValueError("need solver.num_rollouts >= 1, loop.rounds >= 0, generator.max_searches >= 0")
+    if cfg.solver.max_searches < 0:
+        raise ValueError("need solver.max_searches >= 0")
     return cfg
 
 

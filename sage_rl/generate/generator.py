@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sage_rl import protocol
+from sage_rl.episode import ChatSettings, EpisodePolicy, SearchClient, Trajectory, Turn, run_chat_episode
 from sage_rl.generate.records import QACandidate, Seed
 from sage_rl.llm import ChatModel
 from sage_rl.protocol import Tokenizer
-from sage_rl.search_agent import Retriever, SearchLoopConfig, Trajectory, Turn, run_search_loop
 
 ANSWER_TYPE_PHRASES = {"number": "a number", "date": "a date", "entity": "an entity"}
 
@@ -82,48 +82,44 @@ def parse_candidate(
         return None
     steps_text = protocol.extract_tag(text, steps_tag) or ""
     steps = tuple(line.strip() for line in steps_text.splitlines() if line.strip())
-    return QACandidate(question, answer, steps, evidence_doc_ids, reason if reason is not None else None)
+    return QACandidate(question, answer, steps, evidence_doc_ids, reason)
+
+
+def generator_policy(max_searches: int = 20, topk: int = 3, max_obs_tokens: int | None = 500) -> EpisodePolicy:
+    """A_gen's episode: any turn that does not search is its output; past the budget it is told to write
+    the pair and called once more; a retrieval error fails the round (the item is retried)."""
+    return EpisodePolicy(
+        max_searches=max_searches, on_budget="force_answer", budget_message=BUDGET_MESSAGE,
+        on_retrieval_error="fail", max_obs_tokens=max_obs_tokens, topk=topk, ends_on="no_search",
+    )
 
 
 @dataclass
 class Generator:
-    """A_gen with its search budget and sampling settings."""
+    """A_gen: its episode policy and sampling settings."""
 
     llm: ChatModel
-    retriever: Retriever
-    search_budget: int = 20
-    topk: int = 3
-    max_tokens: int | None = 1024
-    temperature: float | None = None
-    max_obs_tokens: int | None = 500
+    client: SearchClient
+    policy: EpisodePolicy
+    settings: ChatSettings
     tokenizer: Tokenizer | None = None
 
     async def generate(self, seed: Seed) -> tuple[QACandidate | None, Trajectory]:
         """Round 0 (and the resample baseline): search, then write a QA pair."""
-        cfg = SearchLoopConfig(
-            max_searches=self.search_budget,
-            topk=self.topk,
-            stop=("</search>",),  # not `</answer>`: the answering steps follow the answer
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            max_obs_tokens=self.max_obs_tokens,
-            budget_message=BUDGET_MESSAGE,
-            invalid_message=None,
-            tokenizer=self.tokenizer,
-        )
-        messages = [{"role": "user", "content": initial_prompt(seed, self.search_budget)}]
-        trajectory = await run_search_loop(self.llm, messages, self.retriever, cfg)
+        messages = [{"role": "user", "content": initial_prompt(seed, self.policy.max_searches)}]
+        trajectory = await run_chat_episode(self.llm, messages, self.client, self.policy, self.settings,
+                                            self.tokenizer)
         evidence = tuple(dict.fromkeys([seed.doc_id, *trajectory.doc_ids]))
         return parse_candidate(trajectory.final_text, "answering steps", evidence), trajectory
 
     async def revise(self, prompt: str, evidence_doc_ids: tuple[str, ...]) -> tuple[QACandidate | None, Trajectory]:
         """One feedback call with no search; the reply must hold `<question>`, `<answer>`, `<search steps>`."""
-        completion = await self.llm.chat(
-            [{"role": "user", "content": prompt}], max_tokens=self.max_tokens, temperature=self.temperature
-        )
+        completion = await self.llm.chat([{"role": "user", "content": prompt}], max_tokens=self.settings.max_tokens,
+                                         temperature=self.settings.temperature)
         text = completion.text
-        turn = Turn(text, "final", prompt_tokens=completion.prompt_tokens,
+        turn = Turn(text, "output", prompt_tokens=completion.prompt_tokens,
                     completion_tokens=completion.completion_tokens)
-        trajectory = Trajectory(prompt, (turn,), answer=protocol.extract_tag(text, "answer"), num_searches=0)
+        trajectory = Trajectory(prompt, (turn,), answer=protocol.extract_tag(text, "answer"), num_searches=0,
+                                end_reason="output")
         candidate = parse_candidate(text, "search steps", evidence_doc_ids, protocol.extract_tag(text, "reason"))
         return candidate, trajectory

@@ -23,18 +23,20 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from retrieval_server.client import Hit
 from sage_rl.assets import EMBEDDED_CORPUS, read_jsonl
+from sage_rl.episode import ChatSettings, SearchClient, Trajectory
 from sage_rl.generate.assemble import assemble, write_outputs
 from sage_rl.generate.config import GenerateConfig, to_yaml
 from sage_rl.generate.feedback import choose_trace, feedback_kind, feedback_prompt
-from sage_rl.generate.generator import Generator
-from sage_rl.generate.records import ItemRecord, RoundRecord, Seed
+from sage_rl.generate.generator import Generator, generator_policy
+from sage_rl.generate.records import ItemRecord, RoundKind, RoundRecord, Seed, Status
 from sage_rl.generate.store import RecordStore
 from sage_rl.generate.verify import verify
-from sage_rl.judge import make_judge
+from sage_rl.judge import Verdict, make_judge
 from sage_rl.llm import ChatModel, MeteredChatModel
-from sage_rl.protocol import Passage, Tokenizer
-from sage_rl.search_agent import Retriever, SearchAgent
+from sage_rl.protocol import Tokenizer
+from sage_rl.search_agent import SearchAgent, solver_policy
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class Pipeline:
 
     generator_llm: ChatModel
     solver_llm: ChatModel
-    retriever: Retriever
+    retriever: SearchClient
     judge_llm: ChatModel | None = None
     tokenizer: Tokenizer | None = None
 
@@ -62,7 +64,7 @@ def sample_seeds(cfg: GenerateConfig) -> list[Seed]:
     reservoir: list[dict] = []
     eligible = 0
     for row in _corpus_rows(s.corpus):
-        passage = Passage.from_contents(row["id"], row["contents"])
+        passage = Hit(str(row["id"]), row["contents"], None)
         if len(passage.text.split()) < s.min_words:
             continue
         if eligible < s.num_items:
@@ -75,7 +77,7 @@ def sample_seeds(cfg: GenerateConfig) -> list[Seed]:
     seeds = []
     for i, row in enumerate(reservoir):
         item_rng = random.Random(f"sage-item:{s.seed}:{i}")
-        passage = Passage.from_contents(row["id"], row["contents"])
+        passage = Hit(str(row["id"]), row["contents"], None)
         seeds.append(Seed(
             item_id=i, doc_id=passage.id, title=passage.title, text=passage.text,
             target_steps=item_rng.randint(s.min_steps, s.max_steps), answer_type=item_rng.choice(s.answer_types),
@@ -83,30 +85,58 @@ def sample_seeds(cfg: GenerateConfig) -> list[Seed]:
     return seeds
 
 
+@dataclass(frozen=True)
+class RoundTrace:
+    """Everything one round ran: the generator's episode, the K solver episodes and their verdicts."""
+
+    round: int
+    kind: str
+    generator: Trajectory
+    solver: tuple[Trajectory, ...] = ()
+    verdicts: tuple[Verdict, ...] = ()
+    feedback_trace_index: int | None = None  # the solver rollout shown to the generator next round
+
+    def to_dict(self) -> dict:
+        return {"round": self.round, "kind": self.kind, "generator": self.generator.to_dict(),
+                "solver": [t.to_dict() for t in self.solver], "verdicts": [asdict(v) for v in self.verdicts],
+                "feedback_trace_index": self.feedback_trace_index}
+
+
+def _agents(cfg: GenerateConfig, pipe: Pipeline, meters: dict[str, MeteredChatModel]) -> tuple[Generator, SearchAgent]:
+    g, sv, topk = cfg.generator, cfg.solver, cfg.retrieval.topk
+    generator = Generator(
+        llm=meters["generator"], client=pipe.retriever,
+        policy=generator_policy(max_searches=g.max_searches, topk=topk, max_obs_tokens=g.max_obs_tokens),
+        settings=ChatSettings(max_tokens=g.llm.max_tokens, temperature=g.llm.temperature),
+        tokenizer=pipe.tokenizer,
+    )
+    solver = SearchAgent(
+        llm=meters["solver"], client=pipe.retriever,
+        policy=solver_policy(max_searches=sv.max_searches, topk=topk, max_obs_tokens=sv.max_obs_tokens),
+        settings=ChatSettings(max_tokens=sv.llm.max_tokens, temperature=sv.llm.temperature),
+        tokenizer=pipe.tokenizer,
+    )
+    return generator, solver
+
+
 async def process_item(seed: Seed, cfg: GenerateConfig, pipe: Pipeline) -> tuple[ItemRecord, dict]:
     """Run round 0 and up to R feedback rounds for one seed. Returns the record and its trajectories."""
     started = time.monotonic()
-    meters = {
-        "generator": MeteredChatModel(pipe.generator_llm),
-        "solver": MeteredChatModel(pipe.solver_llm),
-        "judge": MeteredChatModel(pipe.judge_llm) if pipe.judge_llm is not None else None,
-    }
-    g, sv = cfg.generator, cfg.solver
-    generator = Generator(meters["generator"], pipe.retriever, g.search_budget, cfg.retrieval.topk,
-                          g.llm.max_tokens, g.llm.temperature, g.max_obs_tokens, pipe.tokenizer)
-    solver = SearchAgent(meters["solver"], pipe.retriever, sv.max_turns, cfg.retrieval.topk, sv.llm.max_tokens,
-                         sv.llm.temperature, sv.max_obs_tokens, pipe.tokenizer)
-    judge = make_judge(cfg.judge.kind, meters["judge"], f1_threshold=cfg.judge.f1_threshold,
+    meters = {"generator": MeteredChatModel(pipe.generator_llm), "solver": MeteredChatModel(pipe.solver_llm)}
+    if pipe.judge_llm is not None:
+        meters["judge"] = MeteredChatModel(pipe.judge_llm)
+    generator, solver = _agents(cfg, pipe, meters)
+    judge = make_judge(cfg.judge.kind, meters.get("judge"), f1_threshold=cfg.judge.f1_threshold,
                        max_tokens=cfg.judge.llm.max_tokens)
     rng = random.Random(f"sage-feedback:{cfg.seeds.seed}:{seed.item_id}")
 
     rounds: list[RoundRecord] = []
-    traces: list[dict] = []
+    traces: list[RoundTrace] = []
     candidate, gen_traj = await generator.generate(seed)
-    round0_trace = gen_traj.transcript()
-    gen_trace = round0_trace
-    kind = "initial"
-    status, accepted_round = "rejected", None
+    round0_trace = gen_trace = gen_traj.transcript()
+    kind: RoundKind = "initial"
+    status: Status = "rejected"
+    accepted_round = None
     for r in range(cfg.loop.rounds + 1):
         if r > 0:
             prev, prev_trace = rounds[-1], traces[-1]
@@ -115,41 +145,32 @@ async def process_item(seed: Seed, cfg: GenerateConfig, pipe: Pipeline) -> tuple
                 candidate, gen_traj = await generator.generate(seed)
             else:
                 assert prev.candidate is not None and prev.verification is not None
-                idx = prev_trace["feedback_trace_index"]
-                shown = prev_trace["_solver_objs"][idx]
+                assert prev_trace.feedback_trace_index is not None
+                shown = prev_trace.solver[prev_trace.feedback_trace_index]
                 kind = feedback_kind(prev.verification)
                 prompt = feedback_prompt(seed, prev.candidate, prev.verification, gen_trace, shown,
                                          cfg.loop.max_trace_tokens)
                 evidence = tuple(dict.fromkeys([*prev.candidate.evidence_doc_ids, *shown.doc_ids]))
                 candidate, gen_traj = await generator.revise(prompt, evidence)
                 gen_trace = f"{round0_trace}\n\n[your latest revision]\n{gen_traj.final_text}"
-        trace = {"round": r, "kind": kind, "generator": gen_traj.to_dict(), "solver": [], "verdicts": [],
-                 "feedback_trace_index": None}
         if candidate is None:
-            rounds.append(RoundRecord(r, kind, None, None, gen_traj.budget_exhausted))  # type: ignore[arg-type]
-            traces.append(trace)
+            rounds.append(RoundRecord(r, kind, None, None, gen_traj.budget_exhausted))
+            traces.append(RoundTrace(r, kind, gen_traj))
             status = "garbled"
             break
         verification, solver_trajs, verdicts = await verify(
-            candidate.question, [candidate.answer], seed.target_steps, solver, judge, sv.num_rollouts
+            candidate.question, [candidate.answer], seed.target_steps, solver, judge, cfg.solver.num_rollouts
         )
-        rounds.append(RoundRecord(r, kind, candidate, verification, gen_traj.budget_exhausted))  # type: ignore[arg-type]
-        trace |= {
-            "solver": [t.to_dict() for t in solver_trajs],
-            "verdicts": [asdict(v) for v in verdicts],
-            "feedback_trace_index": choose_trace(solver_trajs, verdicts, rng),
-            "_solver_objs": solver_trajs,
-        }
-        traces.append(trace)
+        rounds.append(RoundRecord(r, kind, candidate, verification, gen_traj.budget_exhausted))
+        traces.append(RoundTrace(r, kind, gen_traj, tuple(solver_trajs), tuple(verdicts),
+                                 choose_trace(solver_trajs, verdicts, rng)))
         if verification.correct and verification.difficult:
             status, accepted_round = "accepted", r
             break
-    for t in traces:
-        t.pop("_solver_objs", None)
-    usage = {role: asdict(m.usage) for role, m in meters.items() if m is not None}
-    record = ItemRecord(seed.item_id, seed, status, tuple(rounds), accepted_round, usage,  # type: ignore[arg-type]
+    usage = {role: asdict(m.usage) for role, m in meters.items()}
+    record = ItemRecord(seed.item_id, seed, status, tuple(rounds), accepted_round, usage,
                         elapsed_s=round(time.monotonic() - started, 3))
-    return record, {"rounds": traces}
+    return record, {"rounds": [t.to_dict() for t in traces]}
 
 
 async def process_with_retries(seed: Seed, cfg: GenerateConfig, pipe: Pipeline) -> tuple[ItemRecord, dict]:

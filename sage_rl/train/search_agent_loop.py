@@ -1,39 +1,38 @@
-"""Search-R1 rollouts inside verl: the policy searches the corpus while it is being trained.
+"""Search-R1 rollouts inside verl: the token-level adapter of `sage_rl.episode`.
 
-A verl `AgentLoopBase`: the policy generates until `</search>` or `</answer>` (vLLM stop strings); after a
-search, the retrieval server's top-k passages are appended as an `<information>` observation whose tokens
-carry response-mask 0, so PPO's losses ignore text the policy did not write. A turn with no valid action
-gets the protocol's invalid-action message. Parsing and rendering come from `sage_rl.protocol`, so
-training sees exactly the observations that data generation and evaluation see.
+A verl `AgentLoopBase`. The policy generates one turn at a time until `</search>` or `</answer>` (vLLM
+stop strings, kept in the output); `sage_rl.episode.Episode` reads each turn and decides what follows,
+under the same policies as data generation and evaluation: a search's `<information>` observation, the
+invalid-action message, or the end. Observation tokens carry response-mask 0, so PPO's losses ignore
+text the policy did not write. Like Search-R1, the whole trajectory is one assistant response of raw
+tokens, observations appended as token ids; a turn that continues loses a trailing EOS token, as
+Search-R1's re-tokenised turns do.
 
-Like Search-R1, the whole trajectory is one assistant response of raw tokens: observations are appended
-as token ids, not as chat messages. `extra_fields["num_searches"]` reaches the reward function as
-`extra_info["num_searches"]` (verl merges extra_fields into extra_info).
+What reaches the reward function as `extra_info` (verl merges `extra_fields` into it): the episode's
+`policy_answer` (the content of the answer the policy itself wrote in its final turn, None if it never
+answered: rewards must score this, never text parsed out of the transcript, which holds the
+environment's observations), `num_searches`, `invalid_turns`, `retrieval_errors`, `budget_exhausted` and
+`end_reason`.
 
-Settings live in the trainer config's `search_agent:` block (see recipes/train/grpo_search_tiny_cpu.yaml);
-verl finds this class through `sage_rl/train/agent_loops.yaml` (`rollout.agent.agent_loop_config_path`).
+Settings live in the trainer config's `search_agent:` block (recipes/train/grpo_search_tiny_cpu.yaml):
+`retrieval_url`, `timeout`, `max_turn_tokens` (a per-turn generation cap, the paper's run.sh 1024) and
+`episode:` (the fields of `EpisodePolicy`). verl finds this class through `sage_rl/train/agent_loops.yaml`
+(`rollout.agent.agent_loop_config_path`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 
-from retrieval_server.client import AsyncRetrievalClient, RetrievalError
-from sage_rl.protocol import (
-    ANSWER,
-    INVALID_ACTION_MESSAGE,
-    SEARCH,
-    STOP_STRINGS,
-    Passage,
-    parse_action,
-    render_information,
-)
+from retrieval_server.client import AsyncRetrievalClient
+from sage_rl.episode import Episode, EpisodePolicy, SearchClient
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +42,23 @@ class SearchAgentConfig:
     """The `search_agent:` block of a training recipe."""
 
     retrieval_url: str = "http://127.0.0.1:8000"
-    topk: int = 3
-    max_turns: int = 4  # searches allowed per trajectory; one more turn may then only answer
-    max_obs_tokens: int = 500  # Search-R1's max_obs_length
     timeout: float = 30.0
+    max_turn_tokens: int | None = None  # tokens one turn may generate (None: what is left of the response)
+    episode: EpisodePolicy = field(default_factory=EpisodePolicy)
 
     @classmethod
     def from_trainer_config(cls, config: Any) -> SearchAgentConfig:
-        block = config.get("search_agent") or {}
-        unknown = set(block) - set(cls.__dataclass_fields__)
-        if unknown:
-            known = sorted(cls.__dataclass_fields__)
-            raise ValueError(f"unknown search_agent settings {sorted(unknown)}; known: {known}")
-        return cls(**block)
+        block = dict(config.get("search_agent") or {})
+        _check_keys("search_agent", block, cls.__dataclass_fields__)
+        episode = dict(block.pop("episode", None) or {})
+        _check_keys("search_agent.episode", episode, EpisodePolicy.__dataclass_fields__)
+        return cls(**block, episode=EpisodePolicy(**episode))
+
+
+def _check_keys(where: str, block: dict, known: dict) -> None:
+    unknown = set(block) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {where} settings {sorted(unknown)}; known: {sorted(known)}")
 
 
 class SearchAgentLoop(AgentLoopBase):
@@ -70,68 +73,57 @@ class SearchAgentLoop(AgentLoopBase):
         """A client for one trajectory (httpx clients belong to the event loop that created them)."""
         return AsyncRetrievalClient(self.settings.retrieval_url, timeout=self.settings.timeout)
 
-    async def _observe(self, retriever: AsyncRetrievalClient, query: str) -> tuple[str, bool]:
-        """The `<information>` block for one query, and whether retrieval succeeded."""
-        try:
-            hits = (await retriever.retrieve([query], topk=self.settings.topk))[0]
-        except RetrievalError as e:
-            # One failed search should not kill a training step; it is counted and logged instead.
-            logger.warning("retrieval failed for %r: %s", query, e)
-            return f"\n\n<information>Search failed: {e}</information>\n\n", False
-        passages = [Passage.from_contents(h.id, h.contents) for h in hits]
-        return render_information(passages, self.settings.max_obs_tokens, self.tokenizer), True
-
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
-        async with self.retrieval_client() as retriever:
-            return await self._rollout(retriever, sampling_params, list(kwargs["raw_prompt"]))
+        async with self.retrieval_client() as client:
+            return await self._rollout(client, sampling_params, list(kwargs["raw_prompt"]))
 
-    async def _rollout(
-        self, retriever: AsyncRetrievalClient, sampling_params: dict[str, Any], messages: list[dict]
-    ) -> AgentLoopOutput:
+    async def _rollout(self, client: SearchClient, sampling_params: dict[str, Any], messages: list[dict]
+                       ) -> AgentLoopOutput:
+        policy = self.settings.episode
+        episode = Episode(policy, self.tokenizer)
         prompt_ids = await self.ct_build_initial_tokens(messages)
-        sampling_params = {**sampling_params, "stop": list(STOP_STRINGS), "include_stop_str_in_output": True}
+        sampling_params = {**sampling_params, "stop": list(policy.stop), "include_stop_str_in_output": True}
         request_id = uuid4().hex  # sticky routing: every turn of a trajectory goes to the same server
         eos = self.tokenizer.eos_token_id
 
         response_ids: list[int] = []
         response_mask: list[int] = []
         logprobs: list[float] | None = []  # None once any turn comes back without log-probs
-        searches = search_errors = invalid = turns = 0
         metrics = AgentLoopMetrics()
         server_fields: dict[str, Any] = {}  # what the rollout server reports (policy version, ...)
 
-        while len(response_ids) < self.response_length:
+        while not episode.done:
             budget = self.response_length - len(response_ids)
+            if budget <= 0:
+                episode.end("length")
+                break
+            max_tokens = min(budget, self.settings.max_turn_tokens or budget)
+            started = time.perf_counter()
             output = await self.server_manager.generate(
                 request_id=request_id,
                 prompt_ids=prompt_ids + response_ids,
-                sampling_params={**sampling_params, "max_tokens": budget},
+                sampling_params={**sampling_params, "max_tokens": max_tokens},
             )
-            turns += 1
+            metrics.generate_sequences += time.perf_counter() - started
             _merge_server_fields(server_fields, output.extra_fields)
-            response_ids += output.token_ids
-            response_mask += [1] * len(output.token_ids)
-            if logprobs is not None and output.log_probs is not None:
-                logprobs += output.log_probs
-            else:
-                logprobs = None
-
-            text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
-            action = parse_action(text)
-            ended = bool(output.token_ids) and output.token_ids[-1] == eos
-            if action is not None and action.kind == ANSWER:
+            ids = list(output.token_ids)
+            turn_logprobs = list(output.log_probs) if output.log_probs is not None else None
+            step = episode.step(self.tokenizer.decode(ids, skip_special_tokens=True))
+            if step.kind != "end" and ids and ids[-1] == eos:
+                ids.pop()  # the trajectory goes on: an EOS here would end the assistant turn mid-episode
+                if turn_logprobs is not None:
+                    turn_logprobs.pop()
+            response_ids += ids
+            response_mask += [1] * len(ids)
+            logprobs = logprobs + turn_logprobs if logprobs is not None and turn_logprobs is not None else None
+            if step.kind == "end":
                 break
-            if action is not None and action.kind == SEARCH and text.rstrip().endswith(f"</{SEARCH}>"):
-                if searches >= self.settings.max_turns:
-                    break  # search budget spent: the trajectory ends unanswered
-                observation, ok = await self._observe(retriever, action.content)
-                searches += 1
-                search_errors += not ok
-            elif ended or not output.token_ids or len(output.token_ids) >= budget:
-                break
+            if step.kind == "search":
+                started = time.perf_counter()
+                observation = await episode.search(client, step.query or "")
+                metrics.tool_calls += time.perf_counter() - started
             else:
-                observation = INVALID_ACTION_MESSAGE
-                invalid += 1
+                observation = step.observation
             obs_ids = self.tokenizer.encode(observation, add_special_tokens=False)
             response_ids += obs_ids
             response_mask += [0] * len(obs_ids)
@@ -144,13 +136,16 @@ class SearchAgentLoop(AgentLoopBase):
             response_ids=response_ids[:n],
             response_mask=response_mask[:n],
             response_logprobs=logprobs[:n] if logprobs is not None else None,
-            num_turns=2 * turns,
+            num_turns=2 * len(episode.turns),
             metrics=metrics,
             extra_fields={
                 **server_fields,
-                "num_searches": searches,
-                "search_errors": search_errors,
-                "invalid_actions": invalid,
+                "policy_answer": episode.answer,
+                "num_searches": episode.num_searches,
+                "invalid_turns": episode.invalid_turns,
+                "retrieval_errors": episode.retrieval_errors,
+                "budget_exhausted": int(episode.budget_exhausted),
+                "end_reason": episode.end_reason or "length",
                 "turn_scores": [],
                 "tool_rewards": [],
             },

@@ -52,7 +52,7 @@ def test_sage_generate_cli_runs_the_real_loop(tmp_path, llm_url, retrieval_url, 
     out = tmp_path / "run"
     overrides = [
         f"seeds.corpus={corpus}", "seeds.num_items=2", "solver.num_rollouts=2", "loop.rounds=1",
-        "generator.llm.max_tokens=96", "solver.llm.max_tokens=48", "generator.search_budget=2",
+        "generator.llm.max_tokens=96", "solver.llm.max_tokens=48", "generator.max_searches=2",
         "judge.kind=llm", "judge.llm.max_tokens=48", f"retrieval.url={retrieval_url}",
         *(f"{role}.llm.base_url={llm_url}" for role in ("generator", "solver", "judge")),
         f"run.output_dir={out}",
@@ -84,10 +84,11 @@ def test_sage_generate_cli_runs_the_real_loop(tmp_path, llm_url, retrieval_url, 
 
 def test_real_solver_rollouts_are_counted_and_judged(llm_url, retrieval_url):
     from retrieval_server.client import AsyncRetrievalClient
+    from sage_rl.episode import ChatSettings
     from sage_rl.generate.verify import verify
     from sage_rl.judge import LLMJudge
     from sage_rl.llm import MeteredChatModel, OpenAIChatModel
-    from sage_rl.search_agent import SearchAgent
+    from sage_rl.search_agent import SearchAgent, solver_policy
 
     question = embedded_questions("dev")[0]
 
@@ -95,7 +96,7 @@ def test_real_solver_rollouts_are_counted_and_judged(llm_url, retrieval_url):
         llm = MeteredChatModel(OpenAIChatModel(llm_url, "smollm2", max_tokens=48, timeout=300))
         judge_llm = MeteredChatModel(OpenAIChatModel(llm_url, "smollm2", max_tokens=48, temperature=0.0))
         retriever = AsyncRetrievalClient(retrieval_url)
-        agent = SearchAgent(llm, retriever, max_turns=2, topk=3, max_tokens=48)
+        agent = SearchAgent(llm, retriever, solver_policy(max_searches=2, topk=3), ChatSettings(max_tokens=48))
         try:
             return await verify(question["question"], question["golden_answers"], 2, agent, LLMJudge(judge_llm), 2), \
                 llm.usage, judge_llm.usage
@@ -105,7 +106,7 @@ def test_real_solver_rollouts_are_counted_and_judged(llm_url, retrieval_url):
     (verification, trajectories, verdicts), usage, judge_usage = asyncio.run(main())
     assert verification.k == 2 and len(trajectories) == 2 and len(verdicts) == 2
     for t in trajectories:
-        assert t.num_searches == sum(x.action == "search" and len(x.doc_ids) == 3 for x in t.turns) <= 2
+        assert t.num_searches == sum(x.kind == "search" and len(x.doc_ids) == 3 for x in t.turns) <= 2
         assert 1 <= t.llm_calls <= 2 + 1 + 2  # searches + forced call + invalid retries
         assert t.prompt_tokens > 0 and t.completion_tokens > 0
     assert usage.calls == sum(t.llm_calls for t in trajectories)

@@ -19,9 +19,10 @@ import httpx
 import pytest
 from servers import embedded_corpus_head, retrieval_server, step_metrics
 
+from retrieval_server.client import Hit
 from sage_rl.assets import embedded_questions
 from sage_rl.models import tiny_model_path
-from sage_rl.protocol import Passage, render_information, search_prompt
+from sage_rl.protocol import render_information, search_prompt
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).resolve().parent
@@ -36,7 +37,7 @@ def _warm_up_searcher(out: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path())
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path(), dtype=torch.float32)
-    evidence = render_information([Passage("x", "Some title", "Some text about the subject.")])
+    evidence = render_information([Hit("x", '"Some title"\nSome text about the subject.', None)])
     examples = []
     for q in embedded_questions("train")[:4]:
         prompt = tok.apply_chat_template([{"role": "user", "content": search_prompt(q["question"])}],

@@ -42,6 +42,10 @@ def test_train_recipe_extends_verl_and_passes_its_validation(recipe: Path):
     if cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path:
         assert Path(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path).is_absolute()  # verl's requirement
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    if "search_agent" in cfg:  # sage_rl's own block: typos fail here, not in a Ray worker mid-run
+        from sage_rl.train.search_agent_loop import SearchAgentConfig
+
+        SearchAgentConfig.from_trainer_config(cfg)
     OmegaConf.resolve(cfg)  # every remaining verl interpolation resolves
 
 

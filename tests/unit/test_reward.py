@@ -1,10 +1,11 @@
-"""The default reward: EM on the last <answer>, fixed keys, search count reported."""
+"""The rewards: EM (default) and the LLM judge, fixed keys, the policy's own answer, judge outages bounded."""
 
 import pytest
+from judge_server import judge_server, refused_url
 
-from sage_rl.reward import compute_score, gold_answers
+from sage_rl.reward import REWARD_KEYS, compute_score, gold_answers
 
-KEYS = {"score", "acc", "format_ok", "num_searches"}
+KEYS = set(REWARD_KEYS)
 
 
 @pytest.mark.parametrize(
@@ -34,45 +35,44 @@ def test_ground_truth_shapes():
         gold_answers({"other": 1})
 
 
-def test_judge_reward_asks_an_openai_compatible_judge():
+def _judge(url, response, extra_info=None, **kwargs):
     import asyncio
-
-    from aiohttp import web
 
     from sage_rl.reward import judge_score
 
-    seen = []
+    info = {"question": "Where did the band first perform?", "num_searches": 2, **(extra_info or {})}
+    return asyncio.run(judge_score("hotpotqa", response, {"target": ["Tulsa"]}, info, judge_url=url,
+                                   judge_model="judge", **kwargs))
 
-    async def handle(request):
-        body = await request.json()
-        seen.append(body)
-        prompt = body["messages"][0]["content"]
-        verdict = "yes" if "Response: Tulsa" in prompt else "no"
-        return web.json_response({"choices": [{"message": {"content": f"reasoning: ...\ncorrect: {verdict}"}}],
-                                  "usage": {"prompt_tokens": 5, "completion_tokens": 4}})
 
-    async def main():
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
-        kwargs = {"judge_url": url, "judge_model": "judge"}
-        try:
-            info = {"question": "Where did the band first perform?", "num_searches": 2}
-            right = await judge_score("hotpotqa", "<answer>Tulsa</answer>", {"target": ["Tulsa"]}, info, **kwargs)
-            wrong = await judge_score("hotpotqa", "<answer>Paris</answer>", {"target": ["Tulsa"]}, info, **kwargs)
-            silent = await judge_score("hotpotqa", "no answer", {"target": ["Tulsa"]}, info, **kwargs)
-        finally:
-            await runner.cleanup()
-        return right, wrong, silent
-
-    right, wrong, silent = asyncio.run(main())
-    assert right == {"score": 1.0, "acc": 1.0, "format_ok": 1.0, "num_searches": 2.0, "judge_garbled": 0.0}
-    assert wrong["score"] == 0.0 and wrong["format_ok"] == 1.0
+def test_judge_reward_asks_an_openai_compatible_judge():
+    with judge_server() as (url, state):
+        right = _judge(url, "<answer>Tulsa</answer>")
+        wrong = _judge(url, "<answer>Paris</answer>")
+        silent = _judge(url, "no answer")
+    assert right == {"score": 1.0, "acc": 1.0, "em": 1.0, "f1": 1.0, "format_ok": 1.0, "num_searches": 2.0,
+                     "judge_failed": 0.0, "judge_garbled": 0.0}
+    assert wrong["score"] == 0.0 and wrong["format_ok"] == 1.0 and set(wrong) == set(REWARD_KEYS)
     assert silent["score"] == 0.0 and silent["format_ok"] == 0.0
-    assert len(seen) == 2  # no answer, no judge call
-    assert "Where did the band first perform?" in seen[0]["messages"][0]["content"]
-    assert seen[0]["model"] == "judge" and seen[0]["temperature"] == 0.0
+    assert state.calls == 2  # no answer, no judge call
+    assert "Where did the band first perform?" in state.prompts[0]
+
+
+def test_the_judge_grades_the_policys_answer_not_environment_text():
+    transcript = "<search>q</search>\n\n<information>Doc 1(Title: X) <answer>Tulsa</answer></information>\n\n"
+    with judge_server() as (url, state):
+        result = _judge(url, transcript + "<answer>Paris</answer>", {"policy_answer": "Paris"})
+    assert result["score"] == 0.0 and "Response: Paris" in state.prompts[0]
+
+
+@pytest.mark.parametrize("fault", ["refused", "error", "hang"])
+def test_a_judge_outage_gives_a_flagged_score_and_never_raises(fault):
+    kwargs = {"timeout_s": 0.5, "max_retries": 1, "judge_failure_score": 0.0}
+    if fault == "refused":
+        result = _judge(refused_url(), "<answer>Tulsa</answer>", **kwargs)
+    else:
+        with judge_server(fault, hang_s=3.0) as (url, state):
+            result = _judge(url, "<answer>Tulsa</answer>", **kwargs)
+        assert state.calls == 2  # bounded: the first attempt and one retry
+    assert result["judge_failed"] == 1.0 and result["score"] == 0.0
+    assert result["em"] == 1.0 and result["format_ok"] == 1.0  # what is known without the judge stays known

@@ -12,6 +12,7 @@ from verl.workers.rollout.replica import TokenOutput
 from retrieval_server.client import Hit, RetrievalError
 from sage_rl.models import tiny_model_path
 from sage_rl.protocol import INVALID_ACTION_MESSAGE
+from sage_rl.reward import compute_score
 from sage_rl.train.search_agent_loop import SearchAgentConfig, SearchAgentLoop
 
 
@@ -56,7 +57,7 @@ def make_loop(tokenizer, turns, retriever, response_length=200, **search):
     cfg = OmegaConf.create({
         "actor_rollout_ref": {"rollout": {"prompt_length": 128, "response_length": response_length}},
         "data": {},
-        "search_agent": {"topk": 2, "max_turns": 2, **search},
+        "search_agent": {"episode": {"topk": 2, "max_searches": 2, **search}},
     })
     policy = ScriptedPolicy(tokenizer, turns)
 
@@ -84,11 +85,12 @@ def test_search_then_answer_masks_the_observation(tokenizer):
                                          "<answer> Paris </answer><|im_end|>"], retriever)
     out = run(loop)
     assert retriever.queries == [(["capital of France"], 2)]
-    assert out.extra_fields["num_searches"] == 1 and out.extra_fields["invalid_actions"] == 0
+    assert out.extra_fields["num_searches"] == 1 and out.extra_fields["invalid_turns"] == 0
+    assert out.extra_fields["policy_answer"] == "Paris" and out.extra_fields["end_reason"] == "answer"
     # verl's trainer needs the policy-version tags of the rollout server: first turn's min, last turn's max.
     assert out.extra_fields["min_global_steps"] == 1 and out.extra_fields["max_global_steps"] == 2
     text = tokenizer.decode(out.response_ids)
-    assert "<information>Doc 1(Title: Paris) Paris is the capital of France." in text
+    assert '<information>Doc 1(Title: "Paris") Paris is the capital of France.' in text
     assert text.rstrip().endswith("<answer> Paris </answer><|im_end|>")
     # Only what the policy wrote is trained on: decode the mask-1 and mask-0 tokens separately.
     written = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=True) if m])
@@ -107,22 +109,50 @@ def test_search_then_answer_masks_the_observation(tokenizer):
 def test_invalid_turn_gets_the_protocol_message(tokenizer):
     loop, _ = make_loop(tokenizer, ["I think it is Paris.", "<answer>Paris</answer>"], ScriptedRetriever())
     out = run(loop)
-    assert out.extra_fields["invalid_actions"] == 1 and out.extra_fields["num_searches"] == 0
+    assert out.extra_fields["invalid_turns"] == 1 and out.extra_fields["num_searches"] == 0
     assert INVALID_ACTION_MESSAGE.strip() in tokenizer.decode(out.response_ids)
 
 
 def test_search_budget_ends_the_trajectory(tokenizer):
     retriever = ScriptedRetriever()
     loop, policy = make_loop(tokenizer, ["<search>a</search>", "<search>b</search>", "<search>c</search>"],
-                             retriever, max_turns=2)
+                             retriever, max_searches=2)
     out = run(loop)
     assert out.extra_fields["num_searches"] == 2 and len(retriever.queries) == 2 and not policy.turns
+    assert out.extra_fields["end_reason"] == "budget" and out.extra_fields["policy_answer"] is None
 
 
 def test_retrieval_failure_is_counted_not_fatal(tokenizer):
     loop, _ = make_loop(tokenizer, ["<search>q</search>", "<answer>x</answer>"], ScriptedRetriever(fail=True))
     out = run(loop)
-    assert out.extra_fields["search_errors"] == 1 and "Search failed" in tokenizer.decode(out.response_ids)
+    assert out.extra_fields["retrieval_errors"] == 1 and "The search failed" in tokenizer.decode(out.response_ids)
+    assert out.extra_fields["policy_answer"] == "x"
+
+
+def test_an_eos_inside_the_episode_is_dropped(tokenizer):
+    # Search-R1 re-tokenises each turn without special tokens; an EOS mid-trajectory would end the
+    # assistant message before the episode ends.
+    loop, _ = make_loop(tokenizer, ["prose<|im_end|>", "<answer>Paris</answer><|im_end|>"], ScriptedRetriever())
+    out = run(loop)
+    assert out.response_ids.count(tokenizer.eos_token_id) == 1 and out.response_ids[-1] == tokenizer.eos_token_id
+    assert len(out.response_logprobs) == len(out.response_ids)
+
+
+def test_environment_text_is_never_the_answer(tokenizer):
+    # A passage holding an answer tag, and the invalid-action message: neither is the policy's answer.
+    class TaggedRetriever(ScriptedRetriever):
+        async def retrieve(self, queries, topk=None):
+            return [[Hit(id="d1", contents='"X"\nThe quiz says <answer> and </answer>.', score=1.0)]]
+
+    loop, _ = make_loop(tokenizer, ["<search>q</search>", "no action here", "still none"], TaggedRetriever())
+    out = run(loop)
+    text = tokenizer.decode(out.response_ids, skip_special_tokens=True)
+    assert "<answer> and </answer>" in text and INVALID_ACTION_MESSAGE.strip() in text
+    assert out.extra_fields["policy_answer"] is None and out.extra_fields["end_reason"] == "budget"
+    # ... and the shipped reward, given what verl gives it, scores no answer even when "and" is the gold.
+    extra_info = {"question": "q?", **out.extra_fields}
+    result = compute_score("hotpotqa", text, {"target": ["and"]}, extra_info)
+    assert (result["score"], result["em"], result["format_ok"], result["num_searches"]) == (0.0, 0.0, 0.0, 1.0)
 
 
 def test_response_is_capped_at_response_length(tokenizer):
@@ -135,3 +165,5 @@ def test_response_is_capped_at_response_length(tokenizer):
 def test_unknown_settings_are_rejected():
     with pytest.raises(ValueError, match="unknown search_agent settings"):
         SearchAgentConfig.from_trainer_config(OmegaConf.create({"search_agent": {"top_k": 3}}))
+    with pytest.raises(ValueError, match="unknown search_agent.episode settings"):
+        SearchAgentConfig.from_trainer_config(OmegaConf.create({"search_agent": {"episode": {"max_turns": 3}}}))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from retrieval_server.client import Hit
 from sage_rl import protocol
-from sage_rl.protocol import Action, Passage
+from sage_rl.protocol import Action
 
 
 def test_last_valid_action_wins_and_empty_search_is_invalid():
@@ -29,13 +30,6 @@ def test_extract_answer_keeps_its_last_block_behaviour():
     assert protocol.extract_answer("<answer>open") is None
 
 
-def test_information_block_format_matches_search_r1():
-    passages = [Passage.from_contents("7", '"Paris"\nCapital of France.'), Passage("8", "Lyon", "A city.")]
-    assert protocol.render_information(passages) == (
-        "\n\n<information>Doc 1(Title: Paris) Capital of France.\nDoc 2(Title: Lyon) A city.\n</information>\n\n"
-    )
-
-
 class CharTokenizer:
     """One token per character: makes token truncation easy to check."""
 
@@ -47,7 +41,7 @@ class CharTokenizer:
 
 
 def test_observation_truncation_by_tokens():
-    p = [Passage("1", "T", "word " * 50)]
+    p = [Hit("1", "T\n" + "word " * 50, None)]
     short = protocol.render_information(p, max_tokens=6)
     assert short == "\n\n<information>Doc 1(Title: T) word word word</information>\n\n"  # 3 header words + 3
     assert protocol.render_information(p, max_tokens=10, tokenizer=CharTokenizer()) == (

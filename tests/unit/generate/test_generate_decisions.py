@@ -27,7 +27,7 @@ def make_cfg(rounds: int = 2, k: int = 4, judge: str = "llm", mode: str = "feedb
     cfg.loop.rounds, cfg.loop.mode = rounds, mode
     cfg.solver.num_rollouts = k
     cfg.judge.kind = judge
-    cfg.generator.search_budget = budget
+    cfg.generator.max_searches = budget
     return cfg
 
 
@@ -130,7 +130,7 @@ def test_budget_exhausted_generator_is_told_and_called_once_more():
     assert calls["n"] == 1
     gen_traj = traj["rounds"][0]["generator"]
     assert gen_traj["num_searches"] == 2 and gen_traj["budget_exhausted"] is True
-    assert [t["action"] for t in gen_traj["turns"]] == ["search", "search", "search", "final"]
+    assert [t["kind"] for t in gen_traj["turns"]] == ["search", "search", "search", "output"]
     assert record.rounds[0].budget_exhausted and record.status == "accepted"
 
 
