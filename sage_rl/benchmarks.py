@@ -22,13 +22,13 @@ import gzip
 import io
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sage_rl.assets import ASSETS_DIR, embedded_questions, read_jsonl
+from sage_rl.files import atomic_write
 from sage_rl.models import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -144,17 +144,13 @@ def write_benchmark(items: Iterable[BenchmarkItem], path: str | Path) -> Path:
         raise ValueError(f"refusing to write an empty benchmark to {path}")
     _check_unique_ids(items, str(path))
     text = "".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n" for item in items)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = text.encode("utf-8")
     if path.suffix == ".gz":
         buf = io.BytesIO()
         with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as f:  # mtime 0: same items, same bytes
             f.write(data)
         data = buf.getvalue()
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def benchmark_path(name_or_path: str | Path) -> Path:
@@ -422,7 +418,7 @@ CONVERTERS: dict[str, Callable[[str | Path], list[BenchmarkItem]]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m sage_rl.benchmarks {list, convert}`."""
+    """`python -m sage_rl.benchmarks {list, convert, verl}`."""
     parser = argparse.ArgumentParser(prog="python -m sage_rl.benchmarks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the shipped benchmarks: name, size, file, whether the embedded corpus answers them")
@@ -432,8 +428,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     conv.add_argument("--source", default=None, help="deepresearcher only: keep one data_source (e.g. nq, 2wiki)")
     conv.add_argument("input", type=Path)
     conv.add_argument("output", type=Path, help="the benchmark file (.jsonl or .jsonl.gz); its name is the set's")
+    verl = sub.add_parser("verl", help="a benchmark as verl validation parquet (search prompt, named after the set)")
+    verl.add_argument("benchmark", help="a shipped name or a benchmark jsonl path")
+    verl.add_argument("output", type=Path, help="the parquet file to write")
     args = parser.parse_args(argv)
 
+    if args.command == "verl":
+        import shutil
+
+        from sage_rl.datasets import benchmark_parquet
+
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(benchmark_parquet(args.benchmark), args.output)
+        print(f"{args.output}: data_source {data_source_name(args.benchmark)!r}")  # noqa: T201
+        return 0
     if args.command == "list":
         for name in SHIPPED:
             path = benchmark_path(name)

@@ -2,6 +2,7 @@
 
     sage-rl train --config-name grpo_tiny_cpu [hydra overrides ...]
     sage-rl generate --config-name sage_tiny_cpu [hydra overrides ...]
+    sage-rl eval --config-name smollm2_cpu [hydra overrides ...]
     sage-rl models prepare [embedder|smollm2|tiny-qwen2 ...]
 """
 
@@ -54,6 +55,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sage_rl.eval.config import load_eval_config
+    from sage_rl.eval.runner import evaluate
+
+    cfg = _load_config(load_eval_config, args)
+    try:
+        paths = asyncio.run(evaluate(cfg))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished episodes are saved. Resume with the same command ({cfg.run.output_dir})",  # noqa: T201
+              file=sys.stderr)
+        return 130
+    print(paths["results_md"].read_text())  # noqa: T201 - the run's table is the command's answer
+    for name, path in paths.items():
+        print(f"{name}: {path}")  # noqa: T201
+    return 0
+
+
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
     from sage_rl.models import MODELS, model_path
 
@@ -78,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/generate)")
     gen.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. seeds.num_items=10 run.output_dir=out")
     gen.set_defaults(func=_cmd_generate)
+
+    ev = sub.add_parser("eval", help="evaluate a search agent on deep-search benchmarks (recipes/eval)")
+    ev.add_argument("--config-name", required=True, help="recipe name, e.g. smollm2_cpu")
+    ev.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/eval)")
+    ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.path=<checkpoint> run.output_dir=out")
+    ev.set_defaults(func=_cmd_eval)
 
     models = sub.add_parser("models", help="the offline default models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

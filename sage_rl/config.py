@@ -1,7 +1,8 @@
 """Hydra/OmegaConf glue shared by every `sage-rl` command: recipe lookup, composition, and resolvers.
 
-Recipes name offline models, embedded datasets and files shipped in the package instead of
-machine-specific paths: `${sage_rl.model:tiny-qwen2}`, `${sage_rl.data:hotpotqa-train}` and
+Recipes name offline models, embedded datasets, benchmarks and files shipped in the package instead of
+machine-specific paths: `${sage_rl.model:tiny-qwen2}`, `${sage_rl.data:hotpotqa-train}`,
+`${sage_rl.benchmark:hotpotqa-dev}` (a benchmark as validation parquet named after the benchmark) and
 `${sage_rl.package_file:train/agent_loops.yaml}` are prepared (once, cached) and replaced by paths in the
 driver, before the config is handed to verl, so Ray workers see plain paths.
 """
@@ -27,6 +28,13 @@ def _data_path(name: str) -> str:
     return str(embedded_hotpotqa_parquet(split, prompt or "direct"))
 
 
+def _benchmark_path(name: str) -> str:
+    """A benchmark (shipped name or jsonl path) as verl validation parquet with the search prompt."""
+    from sage_rl.datasets import benchmark_parquet
+
+    return str(benchmark_parquet(name))
+
+
 def _package_file(relative: str) -> str:
     """Absolute path of a file shipped inside sage_rl (verl wants absolute paths for some config files)."""
     path = Path(__file__).resolve().parent / relative
@@ -42,9 +50,9 @@ def _model_path(name: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register `sage_rl.model`, `sage_rl.data` and `sage_rl.package_file` with OmegaConf (idempotent)."""
+    """Register `sage_rl.model`, `sage_rl.data`, `sage_rl.benchmark` and `sage_rl.package_file` (idempotent)."""
     for name, fn in (("sage_rl.model", _model_path), ("sage_rl.data", _data_path),
-                     ("sage_rl.package_file", _package_file)):
+                     ("sage_rl.benchmark", _benchmark_path), ("sage_rl.package_file", _package_file)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

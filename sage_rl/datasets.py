@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from sage_rl.assets import embedded_questions
+from sage_rl.files import atomic_write
 from sage_rl.models import cache_dir
 from sage_rl.protocol import SEARCH_PROMPT, as_question
 
@@ -43,15 +43,10 @@ def write_verl_parquet(rows: Iterable[dict], path: str | Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(list(rows))
     if table.num_rows == 0:
         raise ValueError(f"refusing to write an empty dataset to {path}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 PROMPTS = {"direct": DIRECT_ANSWER_PROMPT, "search": SEARCH_PROMPT}
@@ -69,5 +64,27 @@ def embedded_hotpotqa_parquet(split: str, prompt: str = "direct") -> Path:
     path = cache_dir() / "data" / f"hotpotqa-{split}-{prompt}-{digest}.parquet"
     if not path.is_file():
         rows = (verl_row(q, i, "hotpotqa", template) for i, q in enumerate(embedded_questions(split)))
+        write_verl_parquet(rows, path)
+    return path
+
+
+def benchmark_parquet(name_or_path: str, prompt: str = "search") -> Path:
+    """A benchmark (a shipped name or a benchmark jsonl path) as a verl parquet file for validation (cached).
+
+    Its `data_source` is the benchmark's name, so verl's validation metrics appear under it
+    (`val-core/<name>/...`), the name `sage-rl eval` reports the same set under.
+    """
+    from sage_rl.benchmarks import benchmark_path, data_source_name, load_benchmark
+
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; expected one of {sorted(PROMPTS)}")
+    source = benchmark_path(name_or_path)
+    name = data_source_name(name_or_path)
+    digest = hashlib.sha1(PROMPTS[prompt].encode() + source.read_bytes()).hexdigest()[:10]
+    path = cache_dir() / "data" / f"bench-{name}-{prompt}-{digest}.parquet"
+    if not path.is_file():
+        items = load_benchmark(source)
+        rows = (verl_row({"question": it.question, "golden_answers": list(it.golden_answers), "id": it.id}, i, name,
+                         PROMPTS[prompt]) for i, it in enumerate(items))
         write_verl_parquet(rows, path)
     return path

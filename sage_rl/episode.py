@@ -39,9 +39,9 @@ crashed run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from retrieval_server.client import Hit
 from sage_rl import protocol
@@ -91,6 +91,15 @@ class EpisodePolicy:
             raise ValueError(f"ends_on must be 'answer' or 'no_search', got {self.ends_on!r}")
         if self.ends_on == "answer" and not self.invalid_spends_budget and self.max_invalid is None:
             raise ValueError("with invalid_spends_budget=false, set max_invalid so a model that never acts still ends")
+
+    @classmethod
+    def from_mapping(cls, block: Mapping[str, Any] | None, where: str = "episode") -> EpisodePolicy:
+        """The policy of a config block (a recipe's `episode:`); unknown keys fail with the known ones."""
+        block = dict(block or {})
+        known = sorted(cls.__dataclass_fields__)
+        if unknown := set(block) - set(known):
+            raise ValueError(f"unknown {where} settings {sorted(unknown)}; known: {known}")
+        return cls(**block)
 
     @property
     def stop(self) -> tuple[str, ...]:
@@ -315,7 +324,7 @@ class ChatSettings:
     # growing assistant message that the server continues (vLLM's `continue_final_message`), which is
     # the text a verl-trained policy saw in training.
     transcript: Literal["messages", "inline"] = "messages"
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more request fields, e.g. {"seed": 3, "top_p": 0.95}
 
 
 async def run_chat_episode(
@@ -340,8 +349,9 @@ async def run_chat_episode(
     while not episode.done:
         continuing = inline and bool(response)
         call_messages = [*messages, {"role": "assistant", "content": response}] if continuing else messages
+        extra_body = {**settings.extra, **_continue_body(continuing)}
         completion = await llm.chat(call_messages, stop=policy.stop, max_tokens=settings.max_tokens,
-                                    temperature=settings.temperature, extra_body=_continue_body(continuing))
+                                    temperature=settings.temperature, extra_body=extra_body or None)
         text = completion.text
         if completion.finish_reason in ("stop", None):
             text = protocol.close_stopped(text)  # OpenAI-compatible servers drop the matched stop string
@@ -358,6 +368,6 @@ async def run_chat_episode(
     return episode.result(prompt)
 
 
-def _continue_body(continuing: bool) -> dict | None:
+def _continue_body(continuing: bool) -> dict:
     """Request fields that make a vLLM server continue the last assistant message instead of answering it."""
-    return {"continue_final_message": True, "add_generation_prompt": False} if continuing else None
+    return {"continue_final_message": True, "add_generation_prompt": False} if continuing else {}

@@ -14,12 +14,12 @@ metadata in `extra_info`).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sage_rl.datasets import verl_row, write_verl_parquet
+from sage_rl.files import atomic_write, atomic_write_text
 from sage_rl.generate.records import ItemRecord
 from sage_rl.protocol import SEARCH_PROMPT
 from sage_rl.qa_match import normalize_answer
@@ -91,18 +91,13 @@ def write_outputs(items: list[QAItem], out_dir: Path, data_source: str = "sage")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [_row(i) for i in items]
     paths = {"qa_jsonl": out_dir / "qa.jsonl"}
-    tmp = out_dir / ".qa.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    os.replace(tmp, paths["qa_jsonl"])
+    atomic_write_text(paths["qa_jsonl"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     if not rows:
         for stale in ("qa.parquet", "verl.parquet"):  # an earlier run's files would contradict qa.jsonl
             (out_dir / stale).unlink(missing_ok=True)
         return paths
-    tmp = out_dir / ".qa.parquet.tmp"
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    paths["qa_parquet"] = out_dir / "qa.parquet"
-    os.replace(tmp, paths["qa_parquet"])
+    table = pa.Table.from_pylist(rows)
+    paths["qa_parquet"] = atomic_write(out_dir / "qa.parquet", lambda tmp: pq.write_table(table, tmp))
     meta_keys = ("target_steps", "min_searches", "pass_at_k", "avg_at_k", "num_correct", "k", "round",
                  "answer_type", "seed_doc_id", "evidence_doc_ids")
     verl_rows = [

@@ -49,16 +49,11 @@ class SearchAgentConfig:
     @classmethod
     def from_trainer_config(cls, config: Any) -> SearchAgentConfig:
         block = dict(config.get("search_agent") or {})
-        _check_keys("search_agent", block, cls.__dataclass_fields__)
-        episode = dict(block.pop("episode", None) or {})
-        _check_keys("search_agent.episode", episode, EpisodePolicy.__dataclass_fields__)
-        return cls(**block, episode=EpisodePolicy(**episode))
-
-
-def _check_keys(where: str, block: dict, known: dict) -> None:
-    unknown = set(block) - set(known)
-    if unknown:
-        raise ValueError(f"unknown {where} settings {sorted(unknown)}; known: {sorted(known)}")
+        known = sorted(cls.__dataclass_fields__)
+        if unknown := set(block) - set(known):
+            raise ValueError(f"unknown search_agent settings {sorted(unknown)}; known: {known}")
+        episode = EpisodePolicy.from_mapping(block.pop("episode", None), "search_agent.episode")
+        return cls(**block, episode=episode)
 
 
 class SearchAgentLoop(AgentLoopBase):

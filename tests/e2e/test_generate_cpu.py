@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from servers import PY, embedded_corpus_head, free_port, retrieval_server, serving
+from servers import PY
 
 from sage_rl.assets import embedded_questions
 
@@ -24,28 +23,18 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def llm_url(tmp_path_factory: pytest.TempPathFactory):
-    from sage_rl.models import smollm2_path
-
-    tmp = tmp_path_factory.mktemp("vllm")
-    port = free_port()
-    env = os.environ | {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
-    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_path()),
-           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--enforce-eager", "--max-model-len", "8192"]
-    with serving(cmd, f"http://127.0.0.1:{port}/v1/models", tmp / "vllm.log", timeout=600, env=env):
-        yield f"http://127.0.0.1:{port}/v1"
+def llm_url(smollm2_url):
+    return smollm2_url
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return embedded_corpus_head(tmp_path_factory.mktemp("corpus") / "hotpotqa200.jsonl", 200)
+def corpus(corpus200: Path) -> Path:
+    return corpus200
 
 
 @pytest.fixture(scope="module")
-def retrieval_url(tmp_path_factory: pytest.TempPathFactory, corpus: Path):
-    with retrieval_server(tmp_path_factory.mktemp("retrieval"), corpus) as url:
-        yield url
+def retrieval_url(dense_retrieval_url):
+    return dense_retrieval_url
 
 
 def test_sage_generate_cli_runs_the_real_loop(tmp_path, llm_url, retrieval_url, corpus):
@@ -71,7 +60,7 @@ def test_sage_generate_cli_runs_the_real_loop(tmp_path, llm_url, retrieval_url, 
         gen = traj["rounds"][0]["generator"]
         turns = gen["turns"]
         assert turns and all(t["prompt_tokens"] > 0 for t in turns)  # the server's real token accounting
-        assert gen["num_searches"] == sum(t["action"] == "search" and bool(t["doc_ids"]) for t in turns)
+        assert gen["num_searches"] == sum(t["kind"] == "search" and bool(t["doc_ids"]) for t in turns)
         assert rec["usage"]["generator"]["calls"] >= len(turns)
         for rnd, rt in zip(rec["rounds"], traj["rounds"], strict=True):
             if rnd["verification"] is not None:

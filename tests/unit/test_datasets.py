@@ -54,3 +54,20 @@ def test_search_prompt_rows_and_cache_keyed_by_prompt(tmp_path, monkeypatch):
     assert content.startswith(SEARCH_PROMPT.split("{question}")[0]) and "<search>" in content
     with pytest.raises(ValueError, match="unknown prompt"):
         embedded_hotpotqa_parquet("dev", "cot")
+
+
+def test_benchmarks_become_validation_parquet_named_after_the_benchmark(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from sage_rl.config import register_resolvers
+    from sage_rl.protocol import SEARCH_PROMPT
+
+    monkeypatch.setenv("SAGE_RL_CACHE", str(tmp_path))
+    register_resolvers()
+    from omegaconf import OmegaConf
+
+    path = OmegaConf.create({"v": "${sage_rl.benchmark:bamboogle}"}).v
+    rows = pq.read_table(path).to_pylist()
+    assert len(rows) == 125 and {r["data_source"] for r in rows} == {"bamboogle"}
+    assert rows[0]["prompt"][0]["content"] == SEARCH_PROMPT.format(question=rows[0]["extra_info"]["question"])
+    assert rows[0]["reward_model"]["ground_truth"]["target"] == ["james madison"]

