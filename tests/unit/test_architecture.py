@@ -1,7 +1,16 @@
-"""Architecture rules that a reader can miss: only sage_rl/train imports verl; the retrieval server and
-sage_rl share nothing but the HTTP contract (sage_rl may use the contract's client)."""
+"""Architecture rules that a reader can miss (STYLE.md §1.1):
+
+- only `sage_rl/train/` imports verl, in sage_rl and in the retrieval server;
+- the retrieval server and sage_rl share nothing but the HTTP contract: `retrieval_server` never imports
+  `sage_rl`, and `sage_rl` imports nothing of `retrieval_server` but the contract's client,
+  `retrieval_server.client`, which must stay cheap to import (no torch, FAISS, FastAPI, ...).
+
+Imports are read from the syntax tree, so lazy imports inside functions count too.
+"""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,35 +18,86 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(source: str, filename: str = "<source>") -> set[str]:
+    """Dotted names a module imports: `import a.b` -> a.b; `from a import b` -> a.b; import_module("a") -> a.
+
+    >>> sorted(_imports("import verl\\nfrom retrieval_server import client\\ndef f():\\n    from sage_rl.x import y"))
+    ['retrieval_server.client', 'sage_rl.x.y', 'verl']
+    """
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(source, filename=filename)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:  # relative: same package
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Call) and _called_name(node) in {"import_module", "__import__"} and node.args:
+            if isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                names.add(node.args[0].value)
     return names
 
 
-def _files(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+def _called_name(call: ast.Call) -> str | None:
+    """`f` for `f(...)` and `m.f(...)`."""
+    if isinstance(call.func, ast.Name):
+        return call.func.id
+    return call.func.attr if isinstance(call.func, ast.Attribute) else None
 
 
-@pytest.mark.parametrize("path", _files("sage_rl"), ids=lambda p: str(p.relative_to(ROOT)))
-def test_verl_only_in_train(path: Path):
-    if "train" in path.relative_to(ROOT / "sage_rl").parts[:1]:
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _files(*packages: str) -> list[Path]:
+    return sorted(path for package in packages for path in (ROOT / package).rglob("*.py"))
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _file_imports(path: Path) -> set[str]:
+    return _imports(path.read_text(), filename=str(path))
+
+
+@pytest.mark.parametrize("path", _files("sage_rl", "retrieval_server"), ids=_id)
+def test_verl_only_in_sage_rl_train(path: Path) -> None:
+    if path.is_relative_to(ROOT / "sage_rl" / "train"):
         return
-    bad = {m for m in _imports(path) if m == "verl" or m.startswith("verl.")}
-    assert not bad, f"{path} imports {bad}; only sage_rl/train/ may import verl"
+    bad = {m for m in _file_imports(path) if _within(m, "verl")}
+    assert not bad, f"{_id(path)} imports {bad}; only sage_rl/train/ may import verl"
 
 
-@pytest.mark.parametrize("path", _files("sage_rl"), ids=lambda p: str(p.relative_to(ROOT)))
-def test_sage_rl_uses_only_the_retrieval_client(path: Path):
-    bad = {m for m in _imports(path) if m.startswith("retrieval_server") and m != "retrieval_server.client"}
-    assert not bad, f"{path} imports {bad}; sage_rl may only use retrieval_server.client"
+@pytest.mark.parametrize("path", _files("sage_rl"), ids=_id)
+def test_sage_rl_uses_only_the_retrieval_client(path: Path) -> None:
+    imports = _file_imports(path)
+    bad = {m for m in imports if _within(m, "retrieval_server") and not _within(m, "retrieval_server.client")}
+    assert not bad, f"{_id(path)} imports {bad}; sage_rl may only use retrieval_server.client"
 
 
-@pytest.mark.parametrize("path", _files("retrieval_server"), ids=lambda p: str(p.relative_to(ROOT)))
-def test_retrieval_server_never_imports_sage_rl(path: Path):
-    bad = {m for m in _imports(path) if m == "sage_rl" or m.startswith("sage_rl.")}
-    assert not bad, f"{path} imports {bad}"
+@pytest.mark.parametrize("path", _files("retrieval_server"), ids=_id)
+def test_retrieval_server_never_imports_sage_rl(path: Path) -> None:
+    bad = {m for m in _file_imports(path) if _within(m, "sage_rl")}
+    assert not bad, f"{_id(path)} imports {bad}; the retrieval server shares only the HTTP contract with sage_rl"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import verl",
+        "from verl.trainer import main_ppo",
+        "def f():\n    import verl.utils as u",
+        "import importlib\nimportlib.import_module('verl.workers')",
+    ],
+)
+def test_the_import_reader_sees_every_form_of_import(source: str) -> None:
+    assert any(_within(m, "verl") for m in _imports(source))
+
+
+def test_client_import_pulls_no_heavy_dependencies() -> None:
+    code = (
+        "import sys, retrieval_server.client; "
+        "print(sorted(m for m in ('torch', 'faiss', 'fastapi', 'bm25s', 'ray', 'sentence_transformers') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
