@@ -4,9 +4,10 @@ This is the only module of `retrieval_server` that `sage_rl` may import. It depe
 torch, FAISS or FastAPI), so importing it is cheap. It speaks the Search-R1 contract, so it also works
 against Search-R1's own server or any copy of it.
 
-Retries: connection errors, timeouts, HTTP 5xx and 429 are retried up to `max_retries` times with
-exponential backoff (`backoff * 2**attempt` seconds). A 4xx other than 429 is the caller's fault and is
-raised at once as `RetrievalError` carrying the server's message.
+Retries: one `RetryPolicy`, shared by the sync and the async client. Connection errors, timeouts, HTTP 5xx
+and 429 are retried up to `max_retries` times, waiting `backoff * 2**n` seconds before retry n (0, 1, ...).
+A 4xx other than 429 is the caller's fault and is raised at once as `RetrievalError` carrying the server's
+message.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 logger = logging.getLogger(__name__)
-
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -108,18 +107,39 @@ def _parse_result(response: httpx.Response, n_queries: int) -> list[list[Hit]]:
     return hits
 
 
-def _is_retryable_status(status: int) -> bool:
-    return status in _RETRY_STATUS or status >= 500
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a request is retried and how long to wait first; the one policy of both clients.
 
+    >>> list(RetryPolicy(max_retries=3, backoff=0.5).delays())
+    [0.0, 0.5, 1.0, 2.0]
+    """
 
-def _retryable_failure(response: httpx.Response, path: str) -> str:
-    """'' for a success, the failure for a retryable status; raises at once for any other (4xx) status."""
-    if response.is_success:
-        return ""
-    message = _server_message(response)
-    if not _is_retryable_status(response.status_code):
-        raise RetrievalError(f"HTTP {response.status_code} from {path}: {message}", response.status_code)
-    return f"HTTP {response.status_code}: {message}"
+    max_retries: int = 3
+    backoff: float = 0.5
+
+    def delays(self) -> Iterator[float]:
+        """Seconds to wait before each attempt: none before the first, then `backoff * 2**n` before retry n."""
+        yield 0.0
+        for n in range(self.max_retries):
+            yield self.backoff * 2**n
+
+    def failure(self, outcome: httpx.Response | httpx.TransportError, path: str) -> str | None:
+        """None for a success; what went wrong for a retryable failure; raises `RetrievalError` for any other.
+
+        Retryable: transport errors (connect errors, timeouts, broken connections), 429 and 5xx.
+        """
+        if isinstance(outcome, httpx.TransportError):
+            return f"{type(outcome).__name__}: {outcome}"
+        if outcome.is_success:
+            return None
+        message = _server_message(outcome)
+        if outcome.status_code != 429 and outcome.status_code < 500:
+            raise RetrievalError(f"HTTP {outcome.status_code} from {path}: {message}", outcome.status_code)
+        return f"HTTP {outcome.status_code}: {message}"
+
+    def give_up(self, what: str, failure: str | None) -> RetrievalError:
+        return RetrievalError(f"{what} failed after {self.max_retries + 1} attempts: {failure}")
 
 
 class RetrievalClient:
@@ -146,8 +166,7 @@ class RetrievalClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self.max_retries = max_retries
-        self.backoff = backoff
+        self.retry = RetryPolicy(max_retries, backoff)
         self.batch_size = batch_size
         self._http = httpx.Client(
             base_url=self.url,
@@ -157,21 +176,20 @@ class RetrievalClient:
         )
 
     def _request(self, method: str, path: str, json: dict[str, Any] | None = None) -> httpx.Response:
-        last: str = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+        failure = None
+        for attempt, delay in enumerate(self.retry.delays()):
+            if delay:
+                time.sleep(delay)
             try:
                 response = self._http.request(method, path, json=json)
-            except httpx.TransportError as e:  # connect errors, timeouts, broken connections
-                last = f"{type(e).__name__}: {e}"
-                logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, last)
-                continue
-            last = _retryable_failure(response, path)
-            if not last:
-                return response
-            logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, last)
-        raise RetrievalError(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempts: {last}")
+            except httpx.TransportError as e:
+                failure = self.retry.failure(e, path)
+            else:
+                failure = self.retry.failure(response, path)
+                if failure is None:
+                    return response
+            logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, failure)
+        raise self.retry.give_up(f"{method} {self.url}{path}", failure)
 
     def retrieve(self, queries: list[str], topk: int | None = None) -> list[list[Hit]]:
         """Top-k hits for each query, one list per query in input order (topk=None: server default)."""
@@ -215,8 +233,7 @@ class AsyncRetrievalClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self.max_retries = max_retries
-        self.backoff = backoff
+        self.retry = RetryPolicy(max_retries, backoff)
         self.batch_size = batch_size
         self.max_concurrent_batches = max_concurrent_batches
         self._http = httpx.AsyncClient(
@@ -227,21 +244,20 @@ class AsyncRetrievalClient:
         )
 
     async def _request(self, method: str, path: str, json: dict[str, Any] | None = None) -> httpx.Response:
-        last: str = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+        failure = None
+        for attempt, delay in enumerate(self.retry.delays()):
+            if delay:
+                await asyncio.sleep(delay)
             try:
                 response = await self._http.request(method, path, json=json)
             except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
-                logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, last)
-                continue
-            last = _retryable_failure(response, path)
-            if not last:
-                return response
-            logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, last)
-        raise RetrievalError(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempts: {last}")
+                failure = self.retry.failure(e, path)
+            else:
+                failure = self.retry.failure(response, path)
+                if failure is None:
+                    return response
+            logger.warning("retrieval %s %s failed (attempt %d): %s", method, path, attempt + 1, failure)
+        raise self.retry.give_up(f"{method} {self.url}{path}", failure)
 
     async def retrieve(self, queries: list[str], topk: int | None = None) -> list[list[Hit]]:
         """Top-k hits for each query, one list per query in input order (topk=None: server default)."""

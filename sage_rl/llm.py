@@ -7,6 +7,9 @@ implementations:
   the embedded SmolLM2, hosted APIs). Bounded concurrency (a semaphore per model), timeouts, retries with
   exponential backoff on connection errors, timeouts, 429, 5xx and malformed bodies; other 4xx raise at
   once. The API key is read from the environment variable named in config and never logged or repr'd.
+  Not the `openai` client: it has no setting for the retry delay (`backoff`, the generation configs'
+  `backoff_s`), does not retry malformed bodies, and waits out a `Retry-After` of up to 120 s per retry,
+  which would break the reward's bound of (max_retries + 1) x timeout on a judge call.
 - `ScriptedChatModel`: a deterministic fake driven by a Python callable, for tests and dry runs.
 
 `MeteredChatModel` wraps either to count calls and tokens per pipeline item and role.

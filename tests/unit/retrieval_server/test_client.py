@@ -107,3 +107,28 @@ def test_async_client_batches_retries_and_orders() -> None:
     out = asyncio.run(main())
     assert [hits[0].id for hits in out] == ["a-0", "b-0", "c-0", "d-0", "e-0"]
     assert len(calls) == 4  # 3 chunks + 1 retried 429
+
+
+@pytest.mark.parametrize(("status", "retried"), [(429, True), (500, True), (503, True), (400, False), (422, False)])
+def test_sync_and_async_clients_retry_the_same_failures(status: int, retried: bool) -> None:
+    sync_calls: list[dict] = []
+    async_calls: list[dict] = []
+
+    def attempt_sync() -> None:
+        with RetrievalClient(transport=httpx.MockTransport(_fake_handler(sync_calls, 1, status)), backoff=0) as c:
+            c.retrieve(["q"])
+
+    async def attempt_async() -> None:
+        transport = httpx.MockTransport(_fake_handler(async_calls, 1, status))
+        async with AsyncRetrievalClient(transport=transport, backoff=0) as c:
+            await c.retrieve(["q"])
+
+    if retried:
+        attempt_sync()
+        asyncio.run(attempt_async())
+    else:
+        with pytest.raises(RetrievalError, match=f"boom {status}"):
+            attempt_sync()
+        with pytest.raises(RetrievalError, match=f"boom {status}"):
+            asyncio.run(attempt_async())
+    assert len(sync_calls) == len(async_calls) == (2 if retried else 1)
