@@ -2,7 +2,8 @@
 
 One synchronous FastAPI endpoint, so Starlette runs each request in its thread pool and encodes and searches
 it alone, concurrently with the others, on the same MiniLM encoder, FAISS index and documents as our server.
-Written for the benchmark from the description in shared/notes/peers.md §1.1; no Search-R1 code is copied.
+Written for the benchmark from a description of Search-R1's `search_r1/search/retrieval_server.py`; no
+Search-R1 code is copied.
 
     python benchmarks/_searchr1_style_server.py <index dir> <port>
 """

@@ -31,7 +31,8 @@ class Verdict:
 
 Judge = Callable[[str, str | None, Sequence[str]], Awaitable[Verdict]]
 
-# Our own wording of a BrowseComp/HLE-style grader (paper.md §1.2).
+# Our own wording of the BrowseComp/HLE-style grader in the authors' released code
+# (google-research `sage/`, `prompt_gemini_llm_as_a_judge.py`).
 JUDGE_PROMPT = """You are grading an answer to a question against the correct answer.
 
 Question: {question}

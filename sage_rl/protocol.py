@@ -35,7 +35,8 @@ INVALID_ACTION_MESSAGE = (
     "If I want to give the final answer, I should put the answer between the answer tags. Let me try again.\n"
 )
 
-# Our paraphrase of Search-R1's base template (peers.md §1.3); `{question}` is filled by `search_prompt`.
+# Our paraphrase of Search-R1's base template (`make_prefix` in its `scripts/data_process/nq_search.py`);
+# `{question}` is filled by `search_prompt`.
 SEARCH_PROMPT = (
     "Answer the question below. Every time you receive new information, first reason about it inside "
     "<think> and </think>. If you lack some knowledge, you can query a search engine by writing "

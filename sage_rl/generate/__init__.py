@@ -1,6 +1,7 @@
 """SAGE question generation (`sage-rl generate`): difficulty-controlled deep-search QA pairs from a corpus.
 
-Pipeline per seed passage (paper arXiv 2601.18202 §1.3; our notes in shared/notes/paper.md):
+Pipeline per seed passage (SAGE, arXiv 2601.18202, its generation algorithm; mechanics as in the authors'
+released code, google-research `sage/`):
 
     loop.py       seeds -> round 0 -> verify -> feedback rounds -> record; resumable concurrent run
     generator.py  A_gen: search-then-write (round 0, resample) and one-call revisions

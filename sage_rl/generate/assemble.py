@@ -1,4 +1,4 @@
-"""Final dataset assembly (paper §1.3 step 6) and the output files.
+"""Final dataset assembly (the authors' released code, `process_generated_data.py`) and the output files.
 
 Rules, in order:
 1. rounds before the last: keep a pair only if correct AND difficult (strict filter);

@@ -1,7 +1,8 @@
 """Schema of `sage-rl generate` recipes (recipes/generate/*.yaml), with the paper's defaults.
 
 Recipes are Hydra YAML; they are merged onto these dataclasses so a misspelt key fails at load time.
-Defaults follow the paper (paper.md §1.2-1.3): S uniform in [2, 5], answer types {number, date, entity},
+Defaults follow the paper (SAGE, arXiv 2601.18202) and, where it is more specific, the authors' released
+code (google-research `sage/`): S uniform in [2, 5], answer types {number, date, entity},
 generator search budget 20, K = 4 solver rollouts with 10 turns, top-3 retrieval, R = 2 feedback rounds,
 LLM judge, assembly minimum of 2 searches.
 """
@@ -33,7 +34,7 @@ class LLMConfig:
 
 @dataclass
 class SeedsConfig:
-    """How items are seeded (paper §1.3 step 1)."""
+    """How items are seeded (the paper's step 1: a random seed document, a target S and an answer type)."""
 
     corpus: str = "embedded"  # Search-R1 corpus jsonl(.gz) path, or `embedded` (10,787 HotpotQA passages)
     num_items: int = 100  # seeds to process (a random sample of the corpus, without replacement)

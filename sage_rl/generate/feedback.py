@@ -1,4 +1,6 @@
-"""Execution feedback (paper §1.3 step 4): which solver trace to show, and the two feedback prompts.
+"""Execution feedback: which solver trace to show, and the two feedback prompts.
+
+As in SAGE (arXiv 2601.18202) and `feedback_gen.py` in the authors' released code (google-research `sage/`).
 
 A pair that failed verification goes back to the generator with both traces:
 - T_gen: the generator's round-0 prompt and trajectory (every retrieved document), plus its latest

@@ -1,14 +1,15 @@
 """The data generator agent A_gen: round 0 (search, then write a QA pair) and revisions (one call, no search).
 
-Round 0 (paper §1.3 step 2): the generator gets a seed passage, the target number of searches S and an
-answer type; it reasons in `<think>`, searches with `<search>` up to a budget (default 20), then writes
-`<question>`, `<answer>` and `<answering steps>`. If it still searches after the budget, it is told the
-budget is used up and called once more. Revisions (`revise`) are a single call with the feedback
-prompt of `feedback.py` and output `<search steps>` instead of `<answering steps>`.
+Round 0 (the paper's initial generation; `QUESTION_GENERATION_WITH_SEARCH` in the authors' released code):
+the generator gets a seed passage, the target number of searches S and an answer type; it reasons in
+`<think>`, searches with `<search>` up to a budget (default 20), then writes `<question>`, `<answer>` and
+`<answering steps>`. If it still searches after the budget, it is told the budget is used up and called
+once more. Revisions (`revise`) are a single call with the feedback prompt of `feedback.py` and output
+`<search steps>` instead of `<answering steps>`.
 
 Output that lacks a non-empty `<question>` or `<answer>` is garbled: `parse_candidate` returns None and
-the loop records the round as garbled instead of crashing. The prompts are our own wording of the
-paper's description (paper.md §5), not the authors' text.
+the loop records the round as garbled instead of crashing. The prompts are our own wording of those in
+the authors' released code (google-research `sage/prompt_templates/`), not their text.
 """
 
 from __future__ import annotations

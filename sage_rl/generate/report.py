@@ -1,9 +1,9 @@
 """The report written at the end of every `sage-rl generate` run: `report.md` plus PNG plots.
 
-It opens with the paper's intrinsic table (paper.md §1.4) per round: an item's state after round r is
-its latest candidate up to r (accepted items keep their accepted pair). Over items that did not fail:
-%corr = pass@K >= 1; %pass = correct and |S*| >= S; Avg@K = mean rollout accuracy over correct items
-(lower = harder); #search = mean |S*| over correct items. Garbled items count as neither correct nor
+It opens with the intrinsic-evaluation table of SAGE (arXiv 2601.18202) per round: an item's state after
+round r is its latest candidate up to r (accepted items keep their accepted pair). Over items that did not
+fail: %corr = pass@K >= 1; %pass = correct and |S*| >= S; Avg@K = mean rollout accuracy over correct
+items (lower = harder); #search = mean |S*| over correct items. Garbled items count as neither correct nor
 passing. Then the same per target S, status counts, histograms, the answer-type mix, LLM calls and
 tokens per pair in the final dataset, and a few full examples with their traces.
 """
@@ -177,11 +177,8 @@ def write_report(out_dir: Path, records: Sequence[ItemRecord], items: Sequence[Q
     all_tok = sum(u["prompt_tokens"] + u["completion_tokens"] for u in totals.values())
     lines += [f"| **all** | {all_calls} | | | {all_calls / len(items):.1f} | {all_tok / len(items):.0f} |"
               if items else f"| **all** | {all_calls} | | | – | – |", ""]
-    try:
-        plots = _plots(out_dir, records, items, last)
-        lines += ["## Plots", "", *[f"![{p}]({p})" for p in plots], ""]
-    except ImportError:
-        lines += ["(plots skipped: `pip install matplotlib`)", ""]
+    plots = _plots(out_dir, records, items, last)
+    lines += ["## Plots", "", *[f"![{p}]({p})" for p in plots], ""]
     # Examples: pairs in the dataset first; if there are none, whatever happened, so a reader sees why.
     ids = [i.item_id for i in items][: cfg.run.report_examples]
     if len(ids) < cfg.run.report_examples:

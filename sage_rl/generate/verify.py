@@ -1,4 +1,7 @@
-"""Verification (paper §1.3 step 3): K solver rollouts, judged; pass@K and difficulty.
+"""Verification: K solver rollouts, judged; pass@K and difficulty.
+
+As in SAGE (arXiv 2601.18202) and `aggregate_bon_results` in the authors' released code (google-research
+`sage/`):
 
 correct   = at least one of the K rollouts is judged correct (pass@K);
 |S*|      = the fewest searches among the correct rollouts;
