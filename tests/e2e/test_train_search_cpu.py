@@ -21,7 +21,6 @@ import pytest
 from judge_server import judge_server
 from servers import embedded_corpus_head, retrieval_server, step_metrics
 
-from retrieval_server.client import Hit
 from sage_rl.assets import embedded_questions
 from sage_rl.models import tiny_model_path
 from sage_rl.protocol import render_information, search_prompt
@@ -32,14 +31,24 @@ SEARCH_TURN = "<search> the film </search>"  # "the film" matches many of the 30
 ANSWER_TURN = "<answer> yes </answer><|im_end|>"
 
 
-def _warm_up_searcher(out: Path) -> Path:
-    """The tiny model taught, by 100 full-batch steps of teacher forcing, to search first and answer after evidence."""
+def _warm_up_searcher(out: Path, retrieval_url: str) -> Path:
+    """The tiny model taught, by 100 full-batch steps of teacher forcing, to search first and answer after evidence.
+
+    The evidence is the observation the episode will really show it: the server's passages for the search
+    query, rendered and cut as the recipe's episode policy does."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from retrieval_server.client import RetrievalClient
+    from sage_rl.train.launch import load_train_config
+
     tok = AutoTokenizer.from_pretrained(tiny_model_path())
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path(), dtype=torch.float32)
-    evidence = render_information([Hit("x", '"Some title"\nSome text about the subject.', None)])
+    policy = load_train_config("grpo_search_tiny_cpu").search_agent.episode
+    with RetrievalClient(retrieval_url) as client:
+        [hits] = client.retrieve([SEARCH_TURN.removeprefix("<search>").removesuffix("</search>").strip()],
+                                 topk=policy.topk)
+    evidence = render_information(hits, policy.max_obs_tokens, tok)
     examples = []
     for q in embedded_questions("train")[:4]:
         prompt = tok.apply_chat_template([{"role": "user", "content": search_prompt(q["question"])}],
@@ -81,8 +90,8 @@ def retrieval_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def searcher(tmp_path_factory) -> Path:
-    return _warm_up_searcher(tmp_path_factory.mktemp("model") / "searcher")
+def searcher(tmp_path_factory, retrieval_url) -> Path:
+    return _warm_up_searcher(tmp_path_factory.mktemp("model") / "searcher", retrieval_url)
 
 
 def _train(work: Path, model: Path, retrieval_url: str, judge_url: str, max_failure_share: float):
