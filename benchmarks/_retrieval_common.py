@@ -10,8 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from retrieval_server.build import build_index, default_cache_dir
-from retrieval_server.config import BuildConfig
+from retrieval_server.build import build_index
+from retrieval_server.config import BuildConfig, default_embeddings_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HOTPOT_CORPUS = REPO / "sage_rl" / "assets" / "hotpotqa" / "corpus.jsonl.gz"
@@ -23,8 +23,9 @@ def ensure_index(corpus: Path, index: Path | None, index_type: str = "Flat") -> 
     """Use `index`, or build one for `corpus` under the user cache (embeddings cached: slow only once)."""
     if index is not None:
         return index
-    out = default_cache_dir().parent / "indexes" / f"{corpus.name.split('.')[0]}-minilm-{index_type}"
-    build_index(BuildConfig(corpus=corpus, out=out, index_type=index_type, embeddings_cache=default_cache_dir()))
+    cache = default_embeddings_cache_dir()
+    out = cache.parent / "indexes" / f"{corpus.name.split('.')[0]}-minilm-{index_type}"
+    build_index(BuildConfig(corpus=corpus, out=out, index_type=index_type, embeddings_cache=cache))
     return out
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -52,11 +51,6 @@ class BuildReport:
     encoded: int  # passages run through the encoder (0 when embeddings came from the cache)
     seconds: float
     encode_seconds: float
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "retrieval_server" / "embeddings"
 
 
 def _chunks(it: Iterator[Passage], size: int) -> Iterator[list[Passage]]:

@@ -1,7 +1,7 @@
 """Typed configuration for building and serving indexes.
 
 Pydantic models so that a YAML/JSON config file with a typo (unknown key, wrong type) fails at start-up,
-not at the first request. CLI flags in `__main__` map one-to-one onto these fields.
+not at the first request. `__main__` generates the CLI flags from these fields.
 """
 
 from __future__ import annotations
@@ -79,10 +79,18 @@ class BatchingConfig(BaseModel):
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets a 503")
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "retrieval_server"
+
+
+def default_embeddings_cache_dir() -> Path:
+    """Where `python -m retrieval_server build` caches passage embeddings unless told otherwise."""
+    return _cache_root() / "embeddings"
+
+
 def default_web_cache_dir() -> Path:
     """Next to the embedding cache of `build`, so one folder holds everything the server caches."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "retrieval_server" / "web"
+    return _cache_root() / "web"
 
 
 class WebSearchConfig(BaseModel):
