@@ -133,12 +133,23 @@ def validate(cfg: EvalConfig) -> EvalConfig:
     return cfg
 
 
+def register_schema() -> None:
+    """Make `eval_schema` (this module's `EvalConfig`) available to recipes' defaults lists."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+
+
 def load_eval_config(
     config_name: str, overrides: list[str] | None = None, config_path: str | Path | None = None
 ) -> EvalConfig:
-    """Compose a recipe from recipes/eval (or `config_path`) with Hydra overrides, typed and validated."""
+    """Compose a recipe from recipes/eval (or `config_path`) with Hydra overrides, typed and validated.
+
+    Recipes start from the schema (`defaults: [eval_schema, _self_]`), so every field can be overridden
+    without `+` and a misspelt key fails at composition."""
     from sage_rl.config import compose, recipes_dir, resolve_own_interpolations
 
+    register_schema()
     cfg = compose(config_path or recipes_dir() / "eval", config_name, overrides)
     resolve_own_interpolations(cfg)
     cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg)

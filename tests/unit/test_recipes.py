@@ -17,8 +17,11 @@ def test_recipes_are_found():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_composes_and_opens_with_its_launch_command(recipe: Path):
+    from sage_rl.eval.config import register_schema
+
     first = recipe.read_text().splitlines()[0]
     assert first.startswith("# Launch:") and f"--config-name {recipe.stem}" in first, first
+    register_schema()  # eval recipes start from the schema
     cfg = compose(recipe.parent, recipe.stem)
     assert len(cfg) > 0
 
@@ -47,6 +50,29 @@ def test_train_recipe_extends_verl_and_passes_its_validation(recipe: Path):
 
         SearchAgentConfig.from_trainer_config(cfg)
     OmegaConf.resolve(cfg)  # every remaining verl interpolation resolves
+
+
+@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.parent.name == "eval"], ids=lambda p: p.stem)
+def test_eval_recipe_loads_typed_and_valid(recipe: Path):
+    from sage_rl.eval.config import load_eval_config
+
+    overrides = [] if "cpu" in recipe.stem else ["model.path=/some/model"]
+    cfg = load_eval_config(recipe.stem, overrides, recipe.parent)
+    assert cfg.benchmarks and cfg.policy.topk == 3  # every recipe: Search-R1's top-3
+    if "cpu" in recipe.stem:  # runs here: the model and every benchmark must exist offline
+        from sage_rl.benchmarks import benchmark_path
+
+        assert Path(cfg.model.path, "config.json").is_file()
+        assert all(benchmark_path(b.name).is_file() for b in cfg.benchmarks)
+
+
+def test_the_google_transfer_is_one_setting():
+    from sage_rl.eval.config import load_eval_config
+
+    wiki = load_eval_config("sage_paper_wiki18", ["model.path=m"])
+    google = load_eval_config("sage_paper_google", ["model.path=m"])
+    wiki.retrieval.url, wiki.run.output_dir = google.retrieval.url, google.run.output_dir
+    assert wiki == google
 
 
 def test_overrides_reach_the_config():
