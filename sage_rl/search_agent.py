@@ -1,6 +1,6 @@
 """The search agent A_search that verifies SAGE's QA pairs: a chat adapter over `sage_rl.episode`.
 
-It sees only the question, never the seed document (paper §3.1). Each turn is one chat call; passages
+It sees only the question, never the seed document (SAGE, arXiv 2601.18202). Each turn is one chat call; passages
 come back as a user message holding the `<information>` block, so any chat API works.
 
 Its episode policy is the paper's verifier's, not Search-R1's training defaults: up to `max_searches`
@@ -23,7 +23,7 @@ SOLVER_BUDGET_MESSAGE = (
     "\nI have used all my searches. I must now give my best final answer between the answer tags.\n"
 )
 
-# The verifier additions the paper's solver prompt makes to Search-R1's (paper §2), in our words.
+# The verifier additions the authors' solver prompt (agentic_answer_prompt.py) makes to Search-R1's, in our words.
 SOLVER_RULES = (
     "Rules: phrase each search query as a question. Do not rely on your own knowledge and do not guess "
     "entities; base every reasoning step on retrieved text.\n"

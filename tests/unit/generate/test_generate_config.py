@@ -20,7 +20,7 @@ def test_recipe_loads_into_the_schema(name):
     assert isinstance(cfg, GenerateConfig) and cfg.loop.mode == "feedback"
 
 
-# The paper's generation settings, from one source: SAGE (arXiv 2601.18202) §3 and the authors' released
+# The paper's generation settings, from one source: SAGE (arXiv 2601.18202) and the authors' released
 # code (google-research `sage/`: README run, `run.sh`, `initial_question_gen.py`,
 # `prompt_gemini_agentic_search_batch.py`, `prompt_gemini_llm_as_a_judge.py`, `process_generated_data.py`).
 #   K solver rollouts (n_rollout) ........ 4       target steps S ... 2..10 (README run; code default 2..5)
