@@ -7,20 +7,6 @@
 # Outputs: outputs/eval/smollm2_cpu/ (results.md, results.json, plots, trajectories.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p outputs
-BIN=${BIN:-.venv/bin}
-INDEX=${INDEX:-outputs/indexes/hotpotqa-embedded-bm25}
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-up() { curl -sf "$1" >/dev/null 2>&1; }
-
-if ! up http://127.0.0.1:8000/health; then
-  corpus=$($BIN/python -c "from sage_rl.assets import EMBEDDED_CORPUS; print(EMBEDDED_CORPUS)")
-  [ -d "$INDEX" ] || $BIN/python -m retrieval_server build --corpus "$corpus" --out "$INDEX" --no-dense
-  $BIN/python -m retrieval_server serve --index "$INDEX" --retriever bm25 --port 8000 > outputs/retrieval.log 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 300); do up http://127.0.0.1:8000/health && break; sleep 1; done
-fi
+source examples/_servers.sh
+start_retrieval
 $BIN/sage-rl eval --config-name smollm2_cpu "$@"

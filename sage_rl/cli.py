@@ -37,18 +37,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+def _run_stage(cfg, stage, what: str) -> dict | None:
+    """Run an async stage to completion; Ctrl-C keeps what is saved and says how to resume."""
     import asyncio
 
+    try:
+        return asyncio.run(stage(cfg))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished {what} are saved. Resume with the same command ({cfg.run.output_dir})",  # noqa: T201
+              file=sys.stderr)
+        return None
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
     from sage_rl.generate.config import load_generate_config
     from sage_rl.generate.loop import generate
 
-    cfg = _load_config(load_generate_config, args)
-    try:
-        paths = asyncio.run(generate(cfg))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; finished items are saved. Resume with the same command ({cfg.run.output_dir})",  # noqa: T201
-              file=sys.stderr)
+    paths = _run_stage(_load_config(load_generate_config, args), generate, "items")
+    if paths is None:
         return 130
     for name, path in paths.items():
         print(f"{name}: {path}")  # noqa: T201
@@ -56,17 +62,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import asyncio
-
     from sage_rl.eval.config import load_eval_config
     from sage_rl.eval.runner import evaluate
 
-    cfg = _load_config(load_eval_config, args)
-    try:
-        paths = asyncio.run(evaluate(cfg))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; finished episodes are saved. Resume with the same command ({cfg.run.output_dir})",  # noqa: T201
-              file=sys.stderr)
+    paths = _run_stage(_load_config(load_eval_config, args), evaluate, "episodes")
+    if paths is None:
         return 130
     print(paths["results_md"].read_text())  # noqa: T201 - the run's table is the command's answer
     for name, path in paths.items():

@@ -92,3 +92,18 @@ def resolve_own_interpolations(cfg: DictConfig | ListConfig) -> None:
                 cfg[key] = cfg[key]
         elif isinstance(node, (DictConfig, ListConfig)) and not node._is_missing() and not node._is_none():
             resolve_own_interpolations(node)
+
+
+def load_typed(schema: type, recipe_dir: str | Path, config_name: str, overrides: list[str] | None = None):
+    """Compose a stage recipe, resolve sage_rl's interpolations and merge it onto its dataclass schema, so a
+    misspelt key or a wrong type fails here; returns the dataclass instance."""
+    cfg = compose(recipe_dir, config_name, overrides)
+    resolve_own_interpolations(cfg)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+
+
+def reject_unknown(where: str, block: dict, known) -> None:
+    """A config block's keys must be fields of its schema; the error lists the known ones."""
+    known = sorted(known)
+    if unknown := set(block) - set(known):
+        raise ValueError(f"unknown {where} settings {sorted(unknown)}; known: {known}")

@@ -95,10 +95,10 @@ class EpisodePolicy:
     @classmethod
     def from_mapping(cls, block: Mapping[str, Any] | None, where: str = "episode") -> EpisodePolicy:
         """The policy of a config block (a recipe's `episode:`); unknown keys fail with the known ones."""
+        from sage_rl.config import reject_unknown
+
         block = dict(block or {})
-        known = sorted(cls.__dataclass_fields__)
-        if unknown := set(block) - set(known):
-            raise ValueError(f"unknown {where} settings {sorted(unknown)}; known: {known}")
+        reject_unknown(where, block, cls.__dataclass_fields__)
         return cls(**block)
 
     @property

@@ -147,13 +147,10 @@ def load_eval_config(
 
     Recipes start from the schema (`defaults: [eval_schema, _self_]`), so every field can be overridden
     without `+` and a misspelt key fails at composition."""
-    from sage_rl.config import compose, recipes_dir, resolve_own_interpolations
+    from sage_rl.config import load_typed, recipes_dir
 
     register_schema()
-    cfg = compose(config_path or recipes_dir() / "eval", config_name, overrides)
-    resolve_own_interpolations(cfg)
-    cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg)
-    return validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+    return validate(load_typed(EvalConfig, config_path or recipes_dir() / "eval", config_name, overrides))
 
 
 def to_yaml(cfg: EvalConfig) -> str:

@@ -145,12 +145,9 @@ def load_generate_config(
     config_name: str, overrides: list[str] | None = None, config_path: str | Path | None = None
 ) -> GenerateConfig:
     """Compose a recipe from recipes/generate (or `config_path`) with Hydra overrides, typed and validated."""
-    from sage_rl.config import compose, recipes_dir, resolve_own_interpolations
+    from sage_rl.config import load_typed, recipes_dir
 
-    cfg = compose(config_path or recipes_dir() / "generate", config_name, overrides)
-    resolve_own_interpolations(cfg)
-    cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), cfg)
-    return validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+    return validate(load_typed(GenerateConfig, config_path or recipes_dir() / "generate", config_name, overrides))
 
 
 def to_yaml(cfg: GenerateConfig) -> str:

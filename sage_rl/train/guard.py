@@ -26,10 +26,10 @@ class RewardGuard:
 
     @classmethod
     def from_trainer_config(cls, config: Any) -> RewardGuard:
+        from sage_rl.config import reject_unknown
+
         block = dict(config.get("reward_guard") or {})
-        known = sorted(cls.__dataclass_fields__)
-        if unknown := set(block) - set(known):
-            raise ValueError(f"unknown reward_guard settings {sorted(unknown)}; known: {known}")
+        reject_unknown("reward_guard", block, cls.__dataclass_fields__)
         guard = cls(**block)
         if not 0.0 <= guard.max_judge_failure_share <= 1.0:
             raise ValueError("reward_guard.max_judge_failure_share must be in [0, 1]")

@@ -32,6 +32,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 
 from retrieval_server.client import AsyncRetrievalClient
+from sage_rl.config import reject_unknown
 from sage_rl.episode import Episode, EpisodePolicy, SearchClient
 
 logger = logging.getLogger(__name__)
@@ -49,9 +50,7 @@ class SearchAgentConfig:
     @classmethod
     def from_trainer_config(cls, config: Any) -> SearchAgentConfig:
         block = dict(config.get("search_agent") or {})
-        known = sorted(cls.__dataclass_fields__)
-        if unknown := set(block) - set(known):
-            raise ValueError(f"unknown search_agent settings {sorted(unknown)}; known: {known}")
+        reject_unknown("search_agent", block, cls.__dataclass_fields__)
         episode = EpisodePolicy.from_mapping(block.pop("episode", None), "search_agent.episode")
         return cls(**block, episode=episode)
 

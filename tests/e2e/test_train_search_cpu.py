@@ -94,9 +94,11 @@ def searcher(tmp_path_factory, retrieval_url) -> Path:
     return _warm_up_searcher(tmp_path_factory.mktemp("model") / "searcher", retrieval_url)
 
 
-def _train(work: Path, model: Path, retrieval_url: str, judge_url: str, max_failure_share: float):
+def _train(work: Path, model: Path, retrieval_url: str, judge_url: str, max_failure_share: float,
+           validate: bool = False):
     """One GRPO step of the search recipe with the shipped LLM-judge reward (`judge_score`)."""
     cmd = ["-m", "sage_rl.cli", "train", "--config-name", "grpo_search_tiny_cpu",
+           f"trainer.val_before_train={validate}", "data.val_max_samples=2",
            f"actor_rollout_ref.model.path={model}", f"search_agent.retrieval_url={retrieval_url}",
            "trainer.total_training_steps=1", "trainer.save_freq=-1", f"+trainer.rollout_data_dir={work / 'rollouts'}",
            "reward.custom_reward_function.name=judge_score",
@@ -115,8 +117,11 @@ def test_search_rollouts_scored_by_the_shipped_judge_reward_through_an_outage(se
     # The judge answers every request with HTTP 500: the step must still complete (no trajectory dropped),
     # every answered trajectory flagged, and the share visible as a step metric.
     with judge_server("error") as (judge_url, judge):
-        code, log = _train(tmp_path, searcher, retrieval_url, judge_url, max_failure_share=1.0)
+        code, log = _train(tmp_path, searcher, retrieval_url, judge_url, max_failure_share=1.0, validate=True)
     assert code == 0, log[-6000:]
+    # Validation ran the held-out benchmark through the same episode engine, logged under the benchmark's name.
+    validation = step_metrics(log).get(0, {})
+    assert any(k.startswith("val-core/hotpotqa-dev/") for k in validation), sorted(validation)[:20]
     metrics = step_metrics(log).get(1, {})
     assert metrics.get("training/global_step") == 1.0, log[-4000:]
     # The retrieval server answered the policy's queries, and the searches were counted per trajectory.
