@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the progress bar
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # INFO notes on categorical axes in the plots
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
