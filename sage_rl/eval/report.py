@@ -3,7 +3,9 @@
 Per benchmark and overall (over all questions; `macro` averages the benchmarks): EM, F1 and cover-EM
 averaged over every sample (avg@n), the LLM judge's accuracy when one ran, pass@k for the recipe's k
 (correct = the judge's verdict when a judge ran, else EM), searches (mean and histogram), the invalid-turn
-rate (invalid turns / turns), retrieval errors, turns, completion tokens, wall time, failed episodes, and
+rate (turns answered with the invalid-action message / turns; a last turn that ends the episode at the
+budget without a valid action is not among them: it shows as `end_reason: budget` in the trajectory),
+retrieval errors, turns, completion tokens, wall time, failed episodes, and
 accuracy by number of searches. The record also names what makes a number reproducible: the model, the
 judge model and prompt version, the episode policy, and the retrieval server's own description (corpus,
 index, encoder).
