@@ -16,6 +16,7 @@ from sage_rl.serving import free_port, serving  # noqa: F401 - re-exported for t
 
 PY = sys.executable
 STEP_LINE = re.compile(r"step:(\d+) - (.*)")
+NUMPY_REPR = re.compile(r"np\.\w+\((.*)\)")
 
 
 def embedded_corpus_head(path: Path, lines: int) -> Path:
@@ -40,15 +41,17 @@ def retrieval_server(tmp: Path, corpus: Path, dense: bool = True) -> Iterator[st
 
 
 def step_metrics(log: str) -> dict[int, dict[str, float]]:
-    """verl's console metric lines (`step:N - key:value - ...`), numeric values only, by step."""
-    steps = {}
+    """verl's console metric lines (`step:N - key:value - ...`), numeric values only, by step.
+
+    A step may print several lines (they are merged), and values may be numpy reprs (`np.float64(0.5)`)."""
+    steps: dict[int, dict[str, float]] = {}
     for match in STEP_LINE.finditer(log):
-        metrics = {}
+        metrics = steps.setdefault(int(match.group(1)), {})
         for item in match.group(2).split(" - "):
             key, _, value = item.partition(":")
+            number = NUMPY_REPR.fullmatch(value.strip())
             try:
-                metrics[key.strip()] = float(value)
+                metrics[key.strip()] = float(number.group(1) if number else value)
             except ValueError:
                 continue
-        steps[int(match.group(1))] = metrics
     return steps
