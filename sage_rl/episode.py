@@ -61,6 +61,8 @@ class SearchClient(Protocol):
 
     async def retrieve(self, queries: list[str], topk: int | None = None) -> Sequence[Sequence[Hit]]: ...
 
+    async def health(self) -> dict: ...
+
 
 class EpisodeFailed(Exception):
     """A retrieval error under `on_retrieval_error=fail`."""

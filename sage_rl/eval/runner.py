@@ -221,11 +221,8 @@ def model_endpoint(cfg: EvalConfig, out_dir: Path) -> Iterator[tuple[str, str | 
 
 async def _retrieval_info(client: SearchClient) -> dict:
     """The retrieval server's `/health` (corpus, index, encoder), recorded with the results."""
-    health = getattr(client, "health", None)
-    if health is None:
-        return {}
     try:
-        return await health()
+        return await client.health()
     except Exception as e:  # intended: the record is informative, its absence must not stop the run
         return {"error": f"{type(e).__name__}: {e}"}
 
