@@ -1,9 +1,9 @@
 """Per-step rollout statistics and the reward guard, from the fields verl stores for each trajectory.
 
 verl 0.9.1's v1 trainer logs neither the agent loop's `extra_fields` nor the reward's extra keys during
-training (only in validation). `rollout_metrics` turns them into step metrics under `sage/`: searches,
-invalid turns, retrieval errors, answered share, budget exhaustion, and the judge's failure and garbled
-shares. `check_judge_failures` stops a run whose step has more judge failures than the recipe allows:
+training (only in validation). `rollout_metrics` turns them into step metrics under `sage/`: searches
+(mean, range and histogram), invalid turns, retrieval errors, answered share, budget exhaustion, the
+reward's components (`sage/reward/*`), and the judge's failure and garbled shares. `check_judge_failures` stops a run whose step has more judge failures than the recipe allows:
 a judge outage otherwise trains on a batch whose answered trajectories all scored the failure score.
 
 Pure Python: `sage_rl.train.trainer` calls these on the step's data; tests call them directly.
@@ -63,12 +63,18 @@ def rollout_metrics(extra_fields: Sequence[dict]) -> dict[str, float]:
         out["sage/num_searches/mean"] = sum(searches) / len(searches)
         out["sage/num_searches/max"] = max(searches)
         out["sage/num_searches/min"] = min(searches)
+        for n in sorted(set(searches)):  # the histogram, as shares of the step's trajectories
+            out[f"sage/num_searches/share_{int(n)}"] = searches.count(n) / len(searches)
     for key in ("invalid_turns", "retrieval_errors", "budget_exhausted"):
         values = _values(rows, key)
         if values:
             out[f"sage/{key}/mean"] = sum(values) / len(values)
     if any("policy_answer" in r for r in rows):
         out["sage/answered/share"] = sum(r.get("policy_answer") is not None for r in rows) / len(rows)
+    for key in ("acc", "step_factor", "budget_penalty", "target_steps"):  # the reward's components
+        values = _values(rewards, key)
+        if values:
+            out[f"sage/reward/{key}/mean"] = sum(values) / len(values)
     judged = [r for r in rewards if r.get("format_ok")]
     for key in ("judge_failed", "judge_garbled"):
         if any(key in r for r in rewards):
