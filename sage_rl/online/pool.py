@@ -124,6 +124,7 @@ class QuestionPool:
         self._texts: set[str] = set()
         self._outcomes: list[Outcome] = []
         self._pending: set[str] = set()  # drawn, outcome not reported yet
+        self._produced: dict[str, dict[str, int]] = {}  # producer -> finished items by status
         for row in read_complete_lines(self.folder / "questions.jsonl"):
             self._remember(PoolQuestion.from_dict(row))
         self._questions_file = JsonlAppender(self.folder / "questions.jsonl")
@@ -243,9 +244,14 @@ class QuestionPool:
         """Fresh questions waiting to be drawn (the producer's backpressure signal)."""
         return sum(1 for q in self.questions if q not in self._pending and self.state(q) == "fresh")
 
-    def draw_target(self, rng: random.Random) -> int:
-        """The target S for the next seed, from the controller's current distribution."""
-        return self.controller.draw(rng)
+    def draw_target(self, key: str) -> int:
+        """The target S for the seed named `key`, from the controller's current distribution (the same key
+        and distribution give the same S)."""
+        return self.controller.draw(random.Random(f"sage-target:{key}"))
+
+    def note_items(self, producer: str, counts: dict[str, int]) -> None:
+        """A producer's finished items by status (accepted, rejected, garbled, failed), for the metrics."""
+        self._produced[producer] = dict(counts)
 
     # -- reporting ---------------------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
@@ -254,6 +260,14 @@ class QuestionPool:
         out = {"pool/size": float(len(self.questions)), "pool/controller_centre": self.controller.centre}
         for name in ("fresh", "informative", "solved", "unsolved"):
             out[f"pool/{name}"] = float(states.count(name))
+        produced: dict[str, int] = defaultdict(int)
+        for counts in self._produced.values():
+            for status, n in counts.items():
+                produced[status] += n
+        if total := sum(produced.values()):
+            out["pool/items_done"] = float(total)
+            out["pool/acceptance_rate"] = produced["accepted"] / total
+            out["pool/items_failed"] = float(produced["failed"])
         for s, p in self.controller.distribution().items():
             out[f"pool/target_s/p{s}"] = p
         per_s: dict[int, list[QuestionStats]] = defaultdict(list)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sage_world import write_corpus
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2]  # tests/, where sage_world.py lives
 
 # The signal line: a child of a background job (e.g. CI started with `&`) inherits SIGINT as ignored, and
 # Python then keeps ignoring it; restore what a terminal's Ctrl-C reaches.
