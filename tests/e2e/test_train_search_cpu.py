@@ -5,13 +5,16 @@ LLM-judge reward against a stand-in judge that fails, and stopped by the reward 
 A random model never writes `<search>`, so the policy is the tiny Qwen2 after ~15 s of supervised warm-up
 on two trajectory shapes ("prompt -> <search> the film </search>" and "... </information> -> <answer> yes
 </answer>"). That makes the rollouts search and answer for real: the tests check that the retrieval server
-was queried, that searches were counted, that answered trajectories reached the judge, that a judge outage
-is flagged (not dropped) and that the guard stops the run (loss masking is checked in the unit tests).
+was queried, that searches were counted, that answered trajectories reached the judge, and that when the judge
+goes down the guard stops the run before training on the flagged batch (that a failed judge call is a
+flagged score and never an exception is checked in the unit tests, against a judge that refuses, returns
+500 and hangs; loss masking too). One verl run covers it all: each run costs minutes of start-up.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,49 +97,53 @@ def searcher(tmp_path_factory, retrieval_url) -> Path:
     return _warm_up_searcher(tmp_path_factory.mktemp("model") / "searcher", retrieval_url)
 
 
-def _train(work: Path, model: Path, retrieval_url: str, judge_url: str, max_failure_share: float,
-           validate: bool = False):
-    """One GRPO step of the search recipe with the shipped LLM-judge reward (`judge_score`)."""
+def test_search_rollouts_scored_by_the_shipped_judge_reward_and_guarded_through_an_outage(
+        searcher, retrieval_url, tmp_path):
+    """Two GRPO steps of the search recipe with the shipped LLM-judge reward (`judge_score`). The judge
+    answers through validation and step 1, then goes down (HTTP 500 on every request): step 2's answered
+    trajectories are all flagged as judge failures, which passes the guard's threshold, so the run stops
+    with a clear error before step 2's update."""
     cmd = ["-m", "sage_rl.cli", "train", "--config-name", "grpo_search_tiny_cpu",
-           f"trainer.val_before_train={validate}", "data.val_max_samples=2",
-           f"actor_rollout_ref.model.path={model}", f"search_agent.retrieval_url={retrieval_url}",
-           "trainer.total_training_steps=1", "trainer.save_freq=-1", f"+trainer.rollout_data_dir={work / 'rollouts'}",
+           "trainer.val_before_train=true", "data.val_max_samples=2",
+           f"actor_rollout_ref.model.path={searcher}", f"search_agent.retrieval_url={retrieval_url}",
+           "trainer.total_training_steps=2", "trainer.save_freq=-1", "trainer.test_freq=-1",
+           f"+trainer.rollout_data_dir={tmp_path / 'rollouts'}",
            "reward.custom_reward_function.name=judge_score",
-           f"++reward.custom_reward_function.reward_kwargs.judge_url={judge_url}",
            "++reward.custom_reward_function.reward_kwargs.judge_model=judge",
            "++reward.custom_reward_function.reward_kwargs.timeout_s=2",
            "++reward.custom_reward_function.reward_kwargs.max_retries=1",
-           f"+reward_guard.max_judge_failure_share={max_failure_share}"]
-    proc = subprocess.run([sys.executable, *cmd], cwd=work, capture_output=True, text=True, timeout=1500)
-    log = proc.stdout + proc.stderr
-    (work / "train.log").write_text(log)
-    return proc.returncode, log
-
-
-def test_search_rollouts_scored_by_the_shipped_judge_reward_through_an_outage(searcher, retrieval_url, tmp_path):
-    # The judge answers every request with HTTP 500: the step must still complete (no trajectory dropped),
-    # every answered trajectory flagged, and the share visible as a step metric.
-    with judge_server("error") as (judge_url, judge):
-        code, log = _train(tmp_path, searcher, retrieval_url, judge_url, max_failure_share=1.0, validate=True)
-    assert code == 0, log[-6000:]
+           "+reward_guard.max_judge_failure_share=0.5"]
+    lines = []
+    with judge_server("ok") as (judge_url, judge):
+        cmd.append(f"++reward.custom_reward_function.reward_kwargs.judge_url={judge_url}")
+        with subprocess.Popen([sys.executable, *cmd], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as proc:
+            try:
+                for line in proc.stdout:
+                    lines.append(line)
+                    if judge.mode == "ok" and 1 in step_metrics(line):
+                        calls_while_up, judge.mode = judge.calls, "error"  # the outage starts after step 1
+                code = proc.wait(timeout=60)
+            finally:
+                proc.kill()
+    log = "".join(lines)
+    (tmp_path / "train.log").write_text(log)
+    steps = step_metrics(log)
+    assert code != 0 and judge.mode == "error", log[-6000:]
     # Validation ran the held-out benchmark through the same episode engine, logged under the benchmark's name.
-    validation = step_metrics(log).get(0, {})
-    assert any(k.startswith("val-core/hotpotqa-dev/") for k in validation), sorted(validation)[:20]
-    metrics = step_metrics(log).get(1, {})
-    assert metrics.get("training/global_step") == 1.0, log[-4000:]
+    assert any(k.startswith("val-core/hotpotqa-dev/") for k in steps.get(0, {})), sorted(steps.get(0, {}))[:20]
+    step1 = steps[1]
+    assert step1.get("training/global_step") == 1.0, log[-4000:]
     # The retrieval server answered the policy's queries, and the searches were counted per trajectory.
     served = httpx.get(f"{retrieval_url}/health", timeout=5).json()
-    assert served["queries"] > 0 and metrics["sage/num_searches/mean"] > 0, (served, metrics)
-    # Answered trajectories reached the judge (first attempt + one retry each) and were all flagged.
-    assert metrics["sage/answered/share"] > 0 and judge.calls > 0, metrics
-    assert metrics["sage/judge_failed/share"] == 1.0 and metrics["critic/score/max"] == 0.0, metrics
+    assert served["queries"] > 0 and step1["sage/num_searches/mean"] > 0, (served, step1)
+    # Step 1: answered trajectories were graded by the judge, none failed.
+    assert step1["sage/answered/share"] > 0 and calls_while_up > 0 and step1["sage/judge_failed/share"] == 0.0, step1
     # The dumped rollouts hold real observations rendered by the protocol from the server's passages.
     rows = [json.loads(line) for line in (tmp_path / "rollouts" / "1.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and any('<information>Doc 1(Title: "' in row["output"] for row in rows), rows[:2]
-
-
-def test_the_reward_guard_stops_the_run_before_training_on_a_judge_outage(searcher, retrieval_url, tmp_path):
-    with judge_server("error") as (judge_url, _):
-        code, log = _train(tmp_path, searcher, retrieval_url, judge_url, max_failure_share=0.5)
-    assert code != 0 and "JudgeOutage" in log and "the reward judge failed on 100% of the samples" in log, log[-6000:]
-    assert 1 not in step_metrics(log), "the step was logged: the update ran on the biased batch"
+    # Step 2: the judge was called and failed; the guard stopped the run before the update was logged.
+    assert judge.calls > calls_while_up, (judge.calls, calls_while_up)
+    stopped = re.search(r"JudgeOutage: step 2: the reward judge failed on \d+% of the samples", log)
+    assert stopped, log[-6000:]
+    assert 2 not in steps, "step 2 was logged: the update ran on the biased batch"
