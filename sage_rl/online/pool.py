@@ -83,6 +83,27 @@ class Outcome:
 
 
 @dataclass
+def outcomes_from_trajectories(rows: list[dict], step: int, correct_at: float = 0.5) -> list[Outcome]:
+    """Group one training step's trajectories by question into `Outcome`s.
+
+    Each row is a trajectory's fields as the trainer sees them: `qid`, `num_searches` and the reward's
+    `reward_extra_info` (`acc` >= `correct_at` counts as correct). Rows without a `qid` are skipped.
+
+    >>> rows = [{"qid": "a", "num_searches": 2, "reward_extra_info": {"acc": 1.0}},
+    ...         {"qid": "a", "num_searches": 0, "reward_extra_info": {"acc": 0.0}}]
+    >>> outcomes_from_trajectories(rows, step=3)
+    [Outcome(qid='a', step=3, rollouts=2, correct=1, searches=(2, 0), correct_searches=(2,))]
+    """
+    groups: dict[str, list[tuple[int, bool]]] = defaultdict(list)
+    for row in rows:
+        if row.get("qid") is None:
+            continue
+        acc = float((row.get("reward_extra_info") or {}).get("acc", 0.0) or 0.0)
+        groups[str(row["qid"])].append((int(row.get("num_searches", 0) or 0), acc >= correct_at))
+    return [Outcome(qid, step, len(g), sum(ok for _, ok in g), tuple(n for n, _ in g), tuple(n for n, ok in g if ok))
+            for qid, g in groups.items()]
+
+
 class QuestionStats:
     """The live statistics of one question under the policy."""
 

@@ -3,8 +3,9 @@
 verl 0.9.1's v1 trainer logs neither the agent loop's `extra_fields` nor the reward's extra keys during
 training (only in validation). `rollout_metrics` turns them into step metrics under `sage/`: searches
 (mean, range and histogram), invalid turns, retrieval errors, answered share, budget exhaustion, the
-reward's components (`sage/reward/*`), and the judge's failure and garbled shares. `check_judge_failures` stops a run whose step has more judge failures than the recipe allows:
-a judge outage otherwise trains on a batch whose answered trajectories all scored the failure score.
+reward's components (`sage/reward/*`), and the judge's failure and garbled shares.
+`check_judge_failures` stops a run whose step has more judge failures than the recipe allows: a judge
+outage otherwise trains on a batch whose answered trajectories all scored the failure score.
 
 Pure Python: `sage_rl.train.trainer` calls these on the step's data; tests call them directly.
 """

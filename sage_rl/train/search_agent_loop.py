@@ -11,8 +11,8 @@ Search-R1's re-tokenised turns do.
 What reaches the reward function as `extra_info` (verl merges `extra_fields` into it): the episode's
 `policy_answer` (the content of the answer the policy itself wrote in its final turn, None if it never
 answered: rewards must score this, never text parsed out of the transcript, which holds the
-environment's observations), `num_searches`, `invalid_turns`, `retrieval_errors`, `budget_exhausted` and
-`end_reason`.
+environment's observations), `num_searches`, `invalid_turns`, `retrieval_errors`, `budget_exhausted`,
+`end_reason` and the dataset row's `qid`.
 
 Settings live in the trainer config's `search_agent:` block (recipes/train/grpo_search_tiny_cpu.yaml):
 `retrieval_url`, `timeout`, `max_turn_tokens` (a per-turn generation cap, the paper's run.sh 1024) and
@@ -69,10 +69,11 @@ class SearchAgentLoop(AgentLoopBase):
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         async with self.retrieval_client() as client:
-            return await self._rollout(client, sampling_params, list(kwargs["raw_prompt"]))
+            qid = (kwargs.get("extra_info") or {}).get("qid")
+            return await self._rollout(client, sampling_params, list(kwargs["raw_prompt"]), qid)
 
-    async def _rollout(self, client: SearchClient, sampling_params: dict[str, Any], messages: list[dict]
-                       ) -> AgentLoopOutput:
+    async def _rollout(self, client: SearchClient, sampling_params: dict[str, Any], messages: list[dict],
+                       qid: str | None = None) -> AgentLoopOutput:
         policy = self.settings.episode
         episode = Episode(policy, self.tokenizer)
         prompt_ids = await self.ct_build_initial_tokens(messages)
@@ -140,6 +141,7 @@ class SearchAgentLoop(AgentLoopBase):
                 "retrieval_errors": episode.retrieval_errors,
                 "budget_exhausted": int(episode.budget_exhausted),
                 "end_reason": episode.end_reason or "length",
+                "qid": qid,  # the question's id: the online trainer reports outcomes per question
                 "turn_scores": [],
                 "tool_rewards": [],
             },
