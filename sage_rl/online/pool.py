@@ -82,7 +82,6 @@ class Outcome:
         return cls(**(d | {"searches": tuple(d["searches"]), "correct_searches": tuple(d["correct_searches"])}))
 
 
-@dataclass
 def outcomes_from_trajectories(rows: list[dict], step: int, correct_at: float = 0.5) -> list[Outcome]:
     """Group one training step's trajectories by question into `Outcome`s.
 
@@ -104,6 +103,7 @@ def outcomes_from_trajectories(rows: list[dict], step: int, correct_at: float = 
             for qid, g in groups.items()]
 
 
+@dataclass
 class QuestionStats:
     """The live statistics of one question under the policy."""
 
