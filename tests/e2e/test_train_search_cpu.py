@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from judge_server import judge_server
+from llm_server import judge_server
 from servers import embedded_corpus_head, retrieval_server, step_metrics
 
 from sage_rl.assets import embedded_questions

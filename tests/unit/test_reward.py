@@ -2,7 +2,7 @@
 judge outages bounded."""
 
 import pytest
-from judge_server import judge_server, refused_url
+from llm_server import judge_server, refused_url
 
 from sage_rl.reward import REWARD_KEYS, compute_score, gold_answers
 

@@ -2,7 +2,7 @@
 malformed JSON, 4xx, concurrency bound, API key handling, token accounting.
 
 The server is the standard library's ThreadingHTTPServer in a thread of the test process (as in
-tests/judge_server.py), so the client is tested through sockets and public APIs only.
+tests/llm_server.py), so the client is tested through sockets and public APIs only.
 """
 
 from __future__ import annotations
