@@ -25,7 +25,7 @@ import json
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -53,7 +53,7 @@ class PoolQuestion:
     solver_model: str = ""
     judge_model: str = ""
     created_at: float = field(default_factory=time.time)
-    created_step: int = 0  # the training step the pool was at when the pair arrived
+    created_step: int = 0  # the last training step the pool had heard of when the pair arrived (set by the pool)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,7 +174,9 @@ class QuestionPool:
         return True
 
     def add(self, question: PoolQuestion) -> bool:
-        """Durably add an accepted pair; False (and nothing written) if its id or question text is known."""
+        """Durably add an accepted pair; False (and nothing written) if its id or question text is known.
+        Its `created_step` becomes the last training step the pool has heard of (0 before training)."""
+        question = replace(question, created_step=self.last_step)
         if not self._remember(question):
             return False
         self._questions_file.append(question.to_dict())
@@ -187,6 +189,7 @@ class QuestionPool:
         self.controller = TargetController(self.config.controller)
         self._seen: set[tuple[str, int]] = set()
         self._outcomes = []
+        self.last_step = 0
         by_step: dict[int, list[Outcome]] = defaultdict(list)
         for o in outcomes:
             if (o.qid, o.step) not in self._seen and o.qid in self.questions:
@@ -214,6 +217,7 @@ class QuestionPool:
             s.last_step = step
             self._pending.discard(o.qid)
         self._outcomes.extend(outcomes)
+        self.last_step = max(self.last_step, step)
         self.controller.update(step, sum(o.correct for o in fresh), sum(o.rollouts for o in fresh), len(fresh))
 
     def report(self, step: int, outcomes: list[Outcome]) -> int:

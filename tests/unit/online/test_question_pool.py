@@ -36,7 +36,7 @@ def test_questions_are_added_exactly_once_and_survive_a_restart(tmp_path):
         assert not pool.add(_q(3, text="which river flows past town 1"))  # same question, normalised
     with QuestionPool(_cfg(tmp_path)) as pool:
         assert sorted(pool.questions) == ["p0-1", "p0-2"]
-        assert pool.questions["p0-1"] == _q(1)  # provenance round-trips
+        assert pool.questions["p0-1"] == _q(1)  # provenance round-trips (created before training: step 0)
         assert not pool.add(_q(2))
     assert len((tmp_path / "pool" / "questions.jsonl").read_text().splitlines()) == 2
 
@@ -132,6 +132,16 @@ def test_draw_prefers_fresh_then_informative_and_never_retired(tmp_path):
     assert (m["pool/size"], m["pool/solved"], m["pool/unsolved"], m["pool/informative"]) == (6, 1, 1, 4)
     # steps 1-2: q0 4+4, q1 0+0, q2 2+2 of 8 each; step 3: four questions 2 of 4 each
     assert m["pool/pass_rate/s3"] == pytest.approx((8 + 0 + 4 + 4 * 2) / (3 * 8 + 4 * 4))
+
+
+def test_a_question_records_the_training_step_it_arrived_at(tmp_path):
+    with QuestionPool(_cfg(tmp_path)) as pool:
+        pool.add(_q(0))
+        pool.report(4, [_o(_q(0), 4, 1)])
+        pool.add(_q(1))
+        assert (pool.questions["p0-0"].created_step, pool.questions["p0-1"].created_step) == (0, 4)
+    with QuestionPool(_cfg(tmp_path)) as pool:
+        assert pool.questions["p0-1"].created_step == 4 and pool.last_step == 4
 
 
 def test_a_question_served_once_is_not_retired_yet(tmp_path):
