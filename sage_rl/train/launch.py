@@ -38,10 +38,12 @@ def run(cfg: DictConfig) -> None:
     if not (cfg.trainer.get("use_v1", True) and cfg.trainer.v1.trainer_mode == "sage"):
         main_ppo.main.__wrapped__(cfg)
         return
+    from sage_rl.online.config import OnlineConfig
     from sage_rl.train.guard import RewardGuard
     from sage_rl.train.trainer import SageTaskRunner
 
-    RewardGuard.from_trainer_config(cfg)  # a typo in reward_guard fails here, not in the Ray driver
+    RewardGuard.from_trainer_config(cfg)  # a typo in reward_guard or online fails here, not in the Ray driver
+    OnlineConfig.from_mapping(cfg.get("online"))
     main_ppo.auto_set_device(cfg)
     main_ppo.validate_config(config=cfg, use_reference_policy=main_ppo.need_reference_policy(cfg),
                              use_critic=main_ppo.need_critic(cfg))

@@ -76,6 +76,6 @@ class SageTaskRunner(TaskRunnerV1.__ray_actor_class__):
         from sage_rl.online.service import start_online
 
         online = OnlineConfig.from_mapping(config.get("online"))
-        if online.enable:
-            start_online(online)  # the pool actor and its producers live as long as this runner
+        if online.enable:  # held here: the pool actor and its producers live as long as this runner
+            self.online_actors = start_online(online)
         return super().run(config)
