@@ -190,6 +190,7 @@ class QuestionPool:
         self._seen: set[tuple[str, int]] = set()
         self._outcomes = []
         self.last_step = 0
+        self._last_fresh_share = 0.0  # of the questions the last reported step served, the share served fresh
         by_step: dict[int, list[Outcome]] = defaultdict(list)
         for o in outcomes:
             if (o.qid, o.step) not in self._seen and o.qid in self.questions:
@@ -218,6 +219,7 @@ class QuestionPool:
             self._pending.discard(o.qid)
         self._outcomes.extend(outcomes)
         self.last_step = max(self.last_step, step)
+        self._last_fresh_share = len(fresh) / len(outcomes) if outcomes else 0.0
         self.controller.update(step, sum(o.correct for o in fresh), sum(o.rollouts for o in fresh), len(fresh))
 
     def report(self, step: int, outcomes: list[Outcome]) -> int:
@@ -282,7 +284,8 @@ class QuestionPool:
     def metrics(self) -> dict[str, float]:
         """Pool and controller metrics for the trainer's step log (`pool/*`)."""
         states = [self.state(q) for q in self.questions]
-        out = {"pool/size": float(len(self.questions)), "pool/controller_centre": self.controller.centre}
+        out = {"pool/size": float(len(self.questions)), "pool/controller_centre": self.controller.centre,
+               "pool/served_fresh_share": self._last_fresh_share}
         for name in ("fresh", "informative", "solved", "unsolved"):
             out[f"pool/{name}"] = float(states.count(name))
         produced: dict[str, int] = defaultdict(int)

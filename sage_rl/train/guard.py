@@ -3,7 +3,9 @@
 verl 0.9.1's v1 trainer logs neither the agent loop's `extra_fields` nor the reward's extra keys during
 training (only in validation). `rollout_metrics` turns them into step metrics under `sage/`: searches
 (mean, range and histogram), invalid turns, retrieval errors, answered share, budget exhaustion, the
-reward's components (`sage/reward/*`), and the judge's failure and garbled shares.
+reward's components (`sage/reward/*`), accuracy per data source (`sage/acc/<source>`), the share of
+question groups whose rollouts all scored the same (no GRPO signal), and the judge's failure and garbled
+shares.
 `check_judge_failures` stops a run whose step has more judge failures than the recipe allows: a judge
 outage otherwise trains on a batch whose answered trajectories all scored the failure score.
 
@@ -76,6 +78,21 @@ def rollout_metrics(extra_fields: Sequence[dict]) -> dict[str, float]:
         values = _values(rewards, key)
         if values:
             out[f"sage/reward/{key}/mean"] = sum(values) / len(values)
+    by_source: dict[str, list[float]] = {}
+    for row, reward in zip(rows, rewards, strict=True):
+        if row.get("data_source") is not None and reward.get("acc") is not None:
+            by_source.setdefault(str(row["data_source"]), []).append(float(reward["acc"]))
+    for source, values in sorted(by_source.items()):
+        out[f"sage/acc/{source}"] = sum(values) / len(values)
+    groups: dict[str, set[float]] = {}
+    sizes: dict[str, int] = {}
+    for row, reward in zip(rows, rewards, strict=True):  # a question's rollouts are its GRPO group
+        if row.get("qid") is not None and reward.get("score") is not None:
+            groups.setdefault(str(row["qid"]), set()).add(float(reward["score"]))
+            sizes[str(row["qid"])] = sizes.get(str(row["qid"]), 0) + 1
+    multi = [q for q, n in sizes.items() if n > 1]
+    if multi:  # all-equal scores give GRPO no signal (DAPO's dynamic sampling drops such groups)
+        out["sage/zero_variance_groups/share"] = sum(len(groups[q]) == 1 for q in multi) / len(multi)
     judged = [r for r in rewards if r.get("format_ok")]
     for key in ("judge_failed", "judge_garbled"):
         if any(key in r for r in rewards):

@@ -12,7 +12,7 @@ What reaches the reward function as `extra_info` (verl merges `extra_fields` int
 `policy_answer` (the content of the answer the policy itself wrote in its final turn, None if it never
 answered: rewards must score this, never text parsed out of the transcript, which holds the
 environment's observations), `num_searches`, `invalid_turns`, `retrieval_errors`, `budget_exhausted`,
-`end_reason` and the dataset row's `qid`.
+`end_reason`, and the dataset row's `qid` and `data_source`.
 
 Settings live in the trainer config's `search_agent:` block (recipes/train/grpo_search_tiny_cpu.yaml):
 `retrieval_url`, `timeout`, `max_turn_tokens` (a per-turn generation cap, the paper's run.sh 1024) and
@@ -70,7 +70,9 @@ class SearchAgentLoop(AgentLoopBase):
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         async with self.retrieval_client() as client:
             qid = (kwargs.get("extra_info") or {}).get("qid")
-            return await self._rollout(client, sampling_params, list(kwargs["raw_prompt"]), qid)
+            output = await self._rollout(client, sampling_params, list(kwargs["raw_prompt"]), qid)
+            output.extra_fields["data_source"] = kwargs.get("data_source")  # for per-source step metrics
+            return output
 
     async def _rollout(self, client: SearchClient, sampling_params: dict[str, Any], messages: list[dict],
                        qid: str | None = None) -> AgentLoopOutput:

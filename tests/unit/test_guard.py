@@ -33,3 +33,14 @@ def test_guard_stops_only_past_its_threshold():
     m = rollout_metrics([_traj(1, "a", judge_failed=1.0), _traj(1, "b", judge_failed=1.0), _traj(0, None)])
     with pytest.raises(JudgeOutage, match="step 3: the reward judge failed on 100% of the samples"):
         check_judge_failures(m, guard, step=3)
+
+
+def test_accuracy_per_data_source_and_zero_variance_groups():
+    rows = [dict(_traj(1, "a", acc=1.0, score=1.0), qid="q1", data_source="sage-online"),
+            dict(_traj(1, "b", acc=0.0, score=0.0), qid="q1", data_source="sage-online"),
+            dict(_traj(0, None, acc=0.0, score=0.0), qid="q2", data_source="hotpotqa"),
+            dict(_traj(0, None, acc=0.0, score=0.0), qid="q2", data_source="hotpotqa"),
+            dict(_traj(2, "c", acc=1.0, score=1.0), qid="q3", data_source="hotpotqa")]  # a group of one: not counted
+    m = rollout_metrics(rows)
+    assert m["sage/acc/sage-online"] == 0.5 and m["sage/acc/hotpotqa"] == pytest.approx(1 / 3)
+    assert m["sage/zero_variance_groups/share"] == 0.5  # q2 (all 0) of {q1, q2}

@@ -127,6 +127,7 @@ def test_draw_prefers_fresh_then_informative_and_never_retired(tmp_path):
         assert pool.draw(4, step=3) == []  # drawn questions wait for their outcome
         assert pool.unserved() == 0
         pool.report(3, [_o(q, 3, 2) for q in batch])
+        assert pool.metrics()["pool/served_fresh_share"] == 3 / 4  # p0-3..5 fresh, p0-2 served before
         assert {q.qid for q in pool.draw(10, step=4)} == {"p0-2", "p0-3", "p0-4", "p0-5"}
         m = pool.metrics()
     assert (m["pool/size"], m["pool/solved"], m["pool/unsolved"], m["pool/informative"]) == (6, 1, 1, 4)
