@@ -138,3 +138,34 @@ def test_paper_recipe_context_and_validation(paper_ppo):
     assert val and paper_ppo.data.train_files not in val
     assert paper_ppo.reward.custom_reward_function.name == "judge_score"
     assert paper_ppo.trainer.v1.trainer_mode == "sage" and paper_ppo.reward_guard.max_judge_failure_share < 1
+
+
+def _flat(cfg, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("size", ["3b", "7b"])
+def test_online_gpu_recipes_are_the_paper_run_plus_the_online_blocks(size):
+    """Everything but the model, the step-aware reward, the online data source and the run's name is the paper's
+    run, so the online recipes cannot drift from run.sh."""
+    from sage_rl.online.config import OnlineConfig
+
+    paper = _flat(OmegaConf.to_container(compose(recipes_dir() / "train", "ppo_qwen2.5-3b_sage")))
+    online = _flat(OmegaConf.to_container(compose(recipes_dir() / "train", f"ppo_qwen2.5-{size}_sage_online")))
+    differ = {k for k in paper.keys() | online.keys() if paper.get(k) != online.get(k)}
+    allowed = {"actor_rollout_ref.model.path", "trainer.experiment_name", "reward.custom_reward_function.name",
+               "reward.custom_reward_function.reward_kwargs.correctness",
+               "reward.custom_reward_function.reward_kwargs.step_weight", "data.custom_cls.path",
+               "data.custom_cls.name"}
+    assert {k for k in differ if not k.startswith(("online.", "data.online"))} <= allowed, sorted(differ)
+    assert online["actor_rollout_ref.model.path"] == f"Qwen/Qwen2.5-{size[0]}B-Instruct"
+    assert online["reward.custom_reward_function.reward_kwargs.judge_model"] == paper[
+        "reward.custom_reward_function.reward_kwargs.judge_model"]  # the judge settings are the paper's
+    cfg = OnlineConfig.from_mapping(compose(recipes_dir() / "train", f"ppo_qwen2.5-{size}_sage_online").online)
+    assert cfg.enable and cfg.generate_recipe == "sage_paper" and cfg.pool.controller.max_steps == 10
