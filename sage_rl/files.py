@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -90,13 +91,21 @@ class JsonlAppender:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` (created if needed); `what` names the run in the error."""
+def folder_lock(folder: str | Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (created if needed); `what` names the run in the error.
+
+    `wait_s` > 0 waits that long for the holder to let go (a restarted job whose killed predecessor's
+    processes are still exiting) before failing."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     with open(folder / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another {what} run is writing to {folder}") from None
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"another {what} run is writing to {folder}") from None
+                time.sleep(0.2)
         yield

@@ -126,6 +126,7 @@ class PoolConfig:
 
     folder: str = "outputs/online/pool"  # keep it across restarts: it is the run's question bank
     retire_after: int = 2  # servings after which an always- or never-solved question is retired
+    lock_wait_s: float = 30.0  # how long opening waits for another process holding the pool folder
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     def __post_init__(self) -> None:
@@ -140,7 +141,8 @@ class QuestionPool:
         self.config = config
         self.folder = Path(config.folder)
         self._stack = contextlib.ExitStack()
-        self._stack.enter_context(folder_lock(self.folder, "online pool"))
+        # A resumed job may start while the killed job's pool actor is still exiting: give it a moment.
+        self._stack.enter_context(folder_lock(self.folder, "online pool", wait_s=config.lock_wait_s))
         self.questions: dict[str, PoolQuestion] = {}
         self._texts: set[str] = set()
         self._outcomes: list[Outcome] = []

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -53,8 +54,23 @@ def test_a_torn_last_line_is_dropped_and_appending_continues(tmp_path):
 
 
 def test_a_second_job_on_the_same_pool_is_refused(tmp_path):
+    started = time.monotonic()
     with QuestionPool(_cfg(tmp_path)), pytest.raises(RuntimeError, match="another online pool run"):
-        QuestionPool(_cfg(tmp_path))
+        QuestionPool(_cfg(tmp_path, lock_wait_s=0.5))
+    assert time.monotonic() - started >= 0.5
+
+
+def test_a_restarted_job_waits_for_its_predecessor_to_let_go_of_the_pool(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from sage_rl.online.pool import PoolConfig, QuestionPool
+        pool = QuestionPool(PoolConfig(folder={str(tmp_path / "pool")!r}))
+        print("holding", flush=True)
+        time.sleep(1.0)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    with QuestionPool(_cfg(tmp_path, lock_wait_s=30)) as pool:  # opens once the holder exits
+        assert pool.questions == {} and holder.poll() is not None
 
 
 def test_killed_mid_run_the_pool_reopens_with_every_durable_event(tmp_path):
