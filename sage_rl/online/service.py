@@ -1,8 +1,8 @@
 """The online data source on Ray: one named pool actor per job, and producer actors feeding it.
 
-    start_online(cfg, name)  ->  pool actor `name` (a `QuestionPool`)  <-  producer actors (SAGE loop)
+    start_online(cfg)  ->  pool actor `sage_pool:<pool folder>` (a `QuestionPool`)  <-  producer actors
                                         ^ draw / report / metrics
-                              verl's dataset and trainer (sage_rl.train.online_data, sage_rl.train.trainer)
+                        verl's dataset and trainer (sage_rl.train.online_data, sage_rl.train.trainer)
 
 The pool actor owns the pool folder (its lock) for the job's lifetime; everything that talks to it finds
 it by name (`ray.get_actor(name)`), so verl's processes need no handle passed around. A producer that
@@ -99,10 +99,10 @@ class ProducerActor:
 
         from sage_rl.generate.config import load_generate_config
 
-        overrides = [*cfg.generate_overrides, f"seeds.seed={index}"]  # producers start from different passages
-        self.generate = load_generate_config(cfg.generate_recipe, overrides)
+        self.generate = load_generate_config(cfg.generate_recipe, list(cfg.generate_overrides))
+        self.generate.seeds.seed += index  # producers draw different seed passages
         self.generate.run.progress = False
-        self.producer = replace(cfg.producer, name=f"{cfg.producer.name}{index}" if index else cfg.producer.name)
+        self.producer = replace(cfg.producer, name=f"{cfg.producer.name}_{index}" if index else cfg.producer.name)
         self.folder = Path(cfg.pool.folder) / "producers" / self.producer.name
         self.pool_name, self.restart_s, self.failures = pool_name, restart_s, 0
 
