@@ -53,6 +53,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def atomic_write_jsonl(path: str | Path, rows) -> Path:
+    """`atomic_write` of JSON lines, one per row, in the format `JsonlAppender` appends."""
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 def read_complete_lines(path: str | Path) -> list[dict]:
     """Parsed complete lines; a torn (unterminated or unparsable) last line is cut off the file."""
     path = Path(path)

@@ -13,13 +13,12 @@ metadata in `extra_info`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sage_rl.datasets import verl_row, write_verl_parquet
-from sage_rl.files import atomic_write, atomic_write_text
+from sage_rl.files import atomic_write, atomic_write_jsonl
 from sage_rl.generate.records import ItemRecord
 from sage_rl.protocol import SEARCH_PROMPT
 from sage_rl.qa_match import normalize_answer
@@ -91,7 +90,7 @@ def write_outputs(items: list[QAItem], out_dir: Path, data_source: str = "sage")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [_row(i) for i in items]
     paths = {"qa_jsonl": out_dir / "qa.jsonl"}
-    atomic_write_text(paths["qa_jsonl"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_jsonl(paths["qa_jsonl"], rows)
     if not rows:
         for stale in ("qa.parquet", "verl.parquet"):  # an earlier run's files would contradict qa.jsonl
             (out_dir / stale).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from sage_rl.files import JsonlAppender, atomic_write_text, folder_lock, read_complete_lines
+from sage_rl.files import JsonlAppender, atomic_write_jsonl, folder_lock, read_complete_lines
 from sage_rl.generate.records import ItemRecord
 
 
@@ -53,7 +53,7 @@ class RecordStore:
                 seen.add(row["item_id"])
                 kept.append(row)
         if len(kept) != len(traj_rows):  # orphans of a crash between the two writes: rewrite without them
-            atomic_write_text(self.trajectories_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+            atomic_write_jsonl(self.trajectories_path, kept)
         self._trajectories = JsonlAppender(self.trajectories_path)
         self._records = JsonlAppender(self.records_path)
         return done

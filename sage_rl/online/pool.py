@@ -21,7 +21,6 @@ Pure Python, no Ray and no verl: `sage_rl.online.service` runs one per job as a 
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import time
 from collections import defaultdict
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from sage_rl.files import JsonlAppender, atomic_write_text, folder_lock, read_complete_lines
+from sage_rl.files import JsonlAppender, atomic_write_jsonl, folder_lock, read_complete_lines
 from sage_rl.online.controller import ControllerConfig, TargetController
 from sage_rl.qa_match import normalize_answer
 
@@ -243,8 +242,7 @@ class QuestionPool:
         kept = [o for o in self._outcomes if o.step <= step]
         dropped = len(self._outcomes) - len(kept)
         if dropped:
-            atomic_write_text(self.folder / "outcomes.jsonl",
-                              "".join(json.dumps(o.to_dict()) + "\n" for o in kept))
+            atomic_write_jsonl(self.folder / "outcomes.jsonl", (o.to_dict() for o in kept))
         self._pending.clear()
         self._load_outcomes(kept)
         return dropped
