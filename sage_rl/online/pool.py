@@ -276,6 +276,11 @@ class QuestionPool:
         and distribution give the same S)."""
         return self.controller.draw(random.Random(f"sage-target:{key}"))
 
+    def fewest_correct(self, qid: str) -> int | None:
+        """The fewest searches among the policy's correct rollouts on `qid` so far (None: never solved)."""
+        stats = self.stats.get(qid)
+        return stats.fewest_correct_searches if stats is not None else None
+
     def note_items(self, producer: str, counts: dict[str, int]) -> None:
         """A producer's finished items by status (accepted, rejected, garbled, failed), for the metrics."""
         self._produced[producer] = dict(counts)

@@ -31,43 +31,8 @@ def pool_actor_name(folder: str | Path) -> str:
     return f"{POOL_ACTOR_PREFIX}{Path(folder).expanduser().resolve()}"
 
 
-@ray.remote(num_cpus=0)
-class PoolActor:
-    """A `QuestionPool` behind a Ray actor (calls are serialised: one pool, one writer)."""
-
-    def __init__(self, cfg: OnlineConfig) -> None:
-        self.pool = QuestionPool(cfg.pool)
-
-    def add(self, question: PoolQuestion) -> bool:
-        return self.pool.add(question)
-
-    def draw(self, n: int, key: int) -> list[PoolQuestion]:
-        return self.pool.draw(n, key)
-
-    def report(self, step: int, outcomes: list) -> int:
-        return self.pool.report(step, outcomes)
-
-    def rewind(self, step: int) -> int:
-        return self.pool.rewind(step)
-
-    def unserved(self) -> int:
-        return self.pool.unserved()
-
-    def draw_target(self, key: str) -> int:
-        return self.pool.draw_target(key)
-
-    def note_items(self, producer: str, counts: dict[str, int]) -> None:
-        self.pool.note_items(producer, counts)
-
-    def fewest_correct(self, qid: str) -> int | None:
-        stats = self.pool.stats.get(qid)
-        return stats.fewest_correct_searches if stats is not None else None
-
-    def metrics(self) -> dict[str, float]:
-        return self.pool.metrics()
-
-    def close(self) -> None:
-        self.pool.close()
+# The pool itself behind a Ray actor: its calls are serialised (one pool, one writer).
+PoolActor = ray.remote(num_cpus=0)(QuestionPool)
 
 
 class RayPool:
@@ -132,7 +97,7 @@ def start_online(cfg: OnlineConfig) -> tuple[object, list[object]]:
 
     name = pool_actor_name(cfg.pool.folder)
     cfg = replace(cfg, pool=replace(cfg.pool, folder=str(Path(cfg.pool.folder).expanduser().resolve())))
-    pool = PoolActor.options(name=name, get_if_exists=True).remote(cfg)
+    pool = PoolActor.options(name=name, get_if_exists=True).remote(cfg.pool)
     ray.get(pool.unserved.remote())  # fail here, clearly, if the pool folder cannot be opened
     producers = [ProducerActor.options(name=f"{name}:producer{i}").remote(cfg, name, i)
                  for i in range(cfg.num_producers)]
