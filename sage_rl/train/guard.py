@@ -84,15 +84,13 @@ def rollout_metrics(extra_fields: Sequence[dict]) -> dict[str, float]:
             by_source.setdefault(str(row["data_source"]), []).append(float(reward["acc"]))
     for source, values in sorted(by_source.items()):
         out[f"sage/acc/{source}"] = sum(values) / len(values)
-    groups: dict[str, set[float]] = {}
-    sizes: dict[str, int] = {}
+    groups: dict[str, list[float]] = {}
     for row, reward in zip(rows, rewards, strict=True):  # a question's rollouts are its GRPO group
         if row.get("qid") is not None and reward.get("score") is not None:
-            groups.setdefault(str(row["qid"]), set()).add(float(reward["score"]))
-            sizes[str(row["qid"])] = sizes.get(str(row["qid"]), 0) + 1
-    multi = [q for q, n in sizes.items() if n > 1]
+            groups.setdefault(str(row["qid"]), []).append(float(reward["score"]))
+    multi = [scores for scores in groups.values() if len(scores) > 1]
     if multi:  # all-equal scores give GRPO no signal (DAPO's dynamic sampling drops such groups)
-        out["sage/zero_variance_groups/share"] = sum(len(groups[q]) == 1 for q in multi) / len(multi)
+        out["sage/zero_variance_groups/share"] = sum(len(set(scores)) == 1 for scores in multi) / len(multi)
     judged = [r for r in rewards if r.get("format_ok")]
     for key in ("judge_failed", "judge_garbled"):
         if any(key in r for r in rewards):
