@@ -52,10 +52,10 @@ class ScriptedRetriever:
         return None
 
 
-def make_loop(tokenizer, turns, retriever, response_length=200, **search):
+def make_loop(tokenizer, turns, retriever, response_length=200, prompt_length=128, **search):
     """The loop and its scripted policy; `run(loop)` builds the loop inside the event loop, as verl does."""
     cfg = OmegaConf.create({
-        "actor_rollout_ref": {"rollout": {"prompt_length": 128, "response_length": response_length}},
+        "actor_rollout_ref": {"rollout": {"prompt_length": prompt_length, "response_length": response_length}},
         "data": {},
         "search_agent": {"episode": {"topk": 2, "max_searches": 2, **search}},
     })

@@ -1,0 +1,290 @@
+"""Warm-start data: gold search trajectories for both SAGE roles, built from HotpotQA.
+
+A 135M instruct model speaks neither role's protocol zero-shot, so PPO from it has almost no signal. But
+HotpotQA is itself a set of gold multi-hop generations whose supporting paragraphs are all in the
+embedded corpus, so we can write the trajectories a competent agent would produce:
+
+- **solver** (`GoldSolver`): search the question (it finds the first supporting paragraph), search the
+  title of the supporting paragraph still missing (the bridge entity), answer;
+- **generator** (`GoldGenerator`): start from one supporting paragraph as the seed passage, search the
+  other, then write the HotpotQA question, its answer and the solver's steps in the generator's format.
+
+The gold models are scripted `ChatModel`s: the shipped episode engine (`run_chat_episode`) runs them under
+the pipeline's own prompts and episode policies against the real retrieval server, so observations,
+rendering and budgets are exactly what generation, training and evaluation see. A trajectory is kept
+only if the searches really retrieved every supporting paragraph (`answerable`); the rest are dropped and
+counted. `GoldExample.sft_row` turns a kept trajectory into a chat row for verl's SFT trainer: the
+solver's row is one assistant message of text segments (`inline`, what the verl agent loop trains on)
+with every observation marked not to train; the generator's observations are user messages
+(`messages`, how `sage-rl generate` calls it), which verl's SFT dataset masks by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sage_rl import protocol
+from sage_rl.episode import ChatSettings, EpisodePolicy, SearchClient, Trajectory, run_chat_episode
+from sage_rl.generate.generator import initial_prompt
+from sage_rl.generate.records import Seed
+from sage_rl.llm import Completion, Messages
+from sage_rl.protocol import Tokenizer
+from sage_rl.qa_match import normalize_answer
+
+logger = logging.getLogger(__name__)
+
+Transcript = Literal["inline", "messages"]
+
+_MONTHS = ("january february march april may june july august september october november december").split()
+
+
+@dataclass(frozen=True)
+class GoldQuestion:
+    """One HotpotQA question (a row of `sage_rl.assets.embedded_questions`)."""
+
+    qid: str
+    question: str
+    answer: str
+    titles: tuple[str, ...]  # supporting paragraphs' titles, as in the corpus (quotes stripped)
+    doc_ids: tuple[str, ...]
+    kind: str = "bridge"
+
+    @classmethod
+    def from_row(cls, row: dict) -> GoldQuestion:
+        return cls(qid=str(row["id"]), question=row["question"], answer=row["golden_answers"][0],
+                   titles=tuple(row["supporting_titles"]), doc_ids=tuple(row["supporting_doc_ids"]),
+                   kind=row.get("type", "bridge"))
+
+
+def answer_type(answer: str) -> str | None:
+    """SAGE's answer type of a gold answer: `number`, `date` or `entity`; None for yes/no (not a SAGE type).
+
+    >>> [answer_type(a) for a in ("1,200", "12 May 1999", "1999", "Tulsa", "yes")]
+    ['number', 'date', 'date', 'entity', None]
+    """
+    norm = answer.strip().lower()
+    if norm in ("yes", "no"):
+        return None
+    if re.fullmatch(r"(1[0-9]|20)\d\d", norm) or any(m in norm.split() for m in _MONTHS):
+        return "date"
+    if re.fullmatch(r"[\d,.]+( \w+)?", norm):
+        return "number"
+    return "entity"
+
+
+def titles_seen(messages: Messages, titles: Iterable[str], skip_first_user: bool = True) -> list[str]:
+    """Which of `titles` appear as a rendered passage (`Doc i(Title: "T")`) anywhere after the prompt."""
+    texts = []
+    first_user = skip_first_user
+    for m in messages:
+        if first_user and m["role"] == "user":
+            first_user = False
+            continue
+        texts.append(str(m.get("content") or ""))
+    text = "\n".join(texts)
+    return [t for t in titles if f'(Title: "{t}")' in text or f"(Title: {t})" in text]
+
+
+class GoldSolver:
+    """The gold search agent for one question, as a `ChatModel`.
+
+    Turn 1 searches the question; each later turn searches the title of a supporting paragraph not seen
+    yet, until every one was retrieved or the search budget is spent; then it answers.
+    """
+
+    def __init__(self, question: GoldQuestion, max_searches: int) -> None:
+        self.q = question
+        self.max_searches = max_searches
+        self.searches = 0
+
+    async def chat(self, messages: Messages, *, stop: Sequence[str] | None = None, max_tokens: int | None = None,
+                   temperature: float | None = None, extra_body: dict[str, Any] | None = None) -> Completion:
+        seen = titles_seen(messages, self.q.titles)
+        missing = [t for t in self.q.titles if t not in seen]
+        if self.searches == 0:
+            query = protocol.as_question(self.q.question)
+            text = f"<think> I need to search for this. </think>\n<search> {query} </search>"
+        elif missing and self.searches < self.max_searches:
+            found = f"I found {seen[0]}. " if seen else ""
+            text = f"<think> {found}I still need {missing[0]}. </think>\n<search> {missing[0]} </search>"
+        else:
+            text = f"<think> The documents give the answer. </think>\n<answer> {self.q.answer} </answer>"
+        self.searches += "<search>" in text
+        return Completion(text, finish_reason="stop")
+
+
+class GoldGenerator:
+    """The gold data generator for one question, seeded with `seed_title`'s paragraph, as a `ChatModel`.
+
+    It searches the other supporting paragraph's title, then writes the HotpotQA question, its answer
+    and the solver's steps (`steps`: one `query; title found` line per step) in the generator's format.
+    """
+
+    def __init__(self, question: GoldQuestion, seed_title: str, steps: Sequence[str]) -> None:
+        self.q = question
+        self.seed_title = seed_title
+        self.others = [t for t in question.titles if t != seed_title]
+        self.steps = list(steps)
+        self.searched = False
+
+    async def chat(self, messages: Messages, *, stop: Sequence[str] | None = None, max_tokens: int | None = None,
+                   temperature: float | None = None, extra_body: dict[str, Any] | None = None) -> Completion:
+        if not self.searched and self.others:
+            self.searched = True
+            text = (f"<think> The starting document is about {self.seed_title}. A second fact about "
+                    f"{self.others[0]} makes this a two-step question. </think>\n<search> {self.others[0]} </search>")
+        else:
+            steps = "\n".join(self.steps)
+            text = (f"<think> {self.seed_title} and {', '.join(self.others)} chain together. </think>\n"
+                    f"<question> {self.q.question} </question>\n<answer> {self.q.answer} </answer>\n"
+                    f"<answering steps>\n{steps}\n</answering steps>")
+        return Completion(text, finish_reason="stop")
+
+
+@dataclass(frozen=True)
+class GoldExample:
+    """A kept gold trajectory of one role, ready to become an SFT row."""
+
+    role: Literal["solver", "generator"]
+    qid: str
+    transcript: Transcript
+    trajectory: Trajectory
+
+    def sft_row(self) -> dict:
+        """A chat row for verl's SFT trainer (`messages`), read by `sage_rl.train.sft.SearchSFTDataset`.
+
+        `inline`: [user prompt, one assistant message whose `segments` say which text the model wrote
+        (`train`) and which the environment appended (observations, not trained)]. `messages`: every
+        observation is a user message, so only the model's turns are assistant messages.
+        """
+        t = self.trajectory
+        messages: list[dict] = [{"role": "user", "content": t.prompt}]
+        if self.transcript == "inline":
+            segments = []
+            for turn in t.turns:
+                segments.append({"text": turn.text, "train": True})
+                if turn.observation:
+                    segments.append({"text": turn.observation, "train": False})
+            messages.append({"role": "assistant", "content": "".join(s["text"] for s in segments),
+                             "segments": segments})
+        else:
+            for turn in t.turns:
+                messages.append({"role": "assistant", "content": turn.text})
+                if turn.observation:
+                    messages.append({"role": "user", "content": turn.observation})
+        return {"messages": messages, "role": self.role, "qid": self.qid, "num_searches": t.num_searches}
+
+
+@dataclass
+class GoldStats:
+    """What `build_gold` kept and dropped, per role."""
+
+    solver_kept: int = 0
+    solver_dropped: int = 0
+    generator_kept: int = 0
+    generator_dropped: int = 0
+    searches: int = 0
+
+    @property
+    def mean_searches(self) -> float:
+        return self.searches / self.solver_kept if self.solver_kept else 0.0
+
+
+async def gold_solver_example(q: GoldQuestion, client: SearchClient, policy: EpisodePolicy,
+                              transcript: Transcript = "inline",
+                              tokenizer: Tokenizer | None = None) -> GoldExample | None:
+    """The gold solver trajectory of `q` under `policy`, or None if its searches miss a supporting paragraph."""
+    oracle = GoldSolver(q, policy.max_searches)
+    messages = [{"role": "user", "content": protocol.search_prompt(q.question)}]
+    trajectory = await run_chat_episode(oracle, messages, client, policy, ChatSettings(transcript=transcript),
+                                        tokenizer)
+    seen = titles_seen([{"role": "assistant", "content": t.observation} for t in trajectory.turns], q.titles,
+                       skip_first_user=False)
+    if trajectory.end_reason != "answer" or len(seen) < len(q.titles):
+        return None
+    return GoldExample("solver", q.qid, transcript, trajectory)
+
+
+async def gold_generator_example(q: GoldQuestion, solver: GoldExample, client: SearchClient,
+                                 policy: EpisodePolicy, seed_texts: dict[str, str],
+                                 tokenizer: Tokenizer | None = None) -> GoldExample | None:
+    """The gold generator trajectory of `q`, seeded with the paragraph the solver's first search found.
+
+    None for yes/no answers (not a SAGE answer type) or when the generator's search misses the other
+    supporting paragraph. `seed_texts` maps a supporting doc id to its corpus `contents`.
+    """
+    kind = answer_type(q.answer)
+    if kind is None or len(q.titles) < 2:
+        return None
+    turns = solver.trajectory.turns
+    first_seen = titles_seen([{"role": "assistant", "content": turns[0].observation}], q.titles, False)
+    seed_title = first_seen[0] if first_seen else q.titles[0]
+    seed_doc = q.doc_ids[q.titles.index(seed_title)]
+    contents = seed_texts.get(seed_doc)
+    if contents is None:
+        return None
+    steps = []
+    for turn in turns:
+        if turn.kind == "search" and turn.query:
+            found = titles_seen([{"role": "assistant", "content": turn.observation}], q.titles, False)
+            steps.append(f"{turn.query}; {', '.join(found) or 'background'}")
+    _, _, text = contents.partition("\n")
+    seed = Seed(item_id=0, doc_id=seed_doc, title=seed_title, text=text, target_steps=len(steps) or 2,
+                answer_type=kind)
+    oracle = GoldGenerator(q, seed_title, steps)
+    messages = [{"role": "user", "content": initial_prompt(seed, policy.max_searches)}]
+    trajectory = await run_chat_episode(oracle, messages, client, policy, ChatSettings(transcript="messages"),
+                                        tokenizer)
+    seen = titles_seen([{"role": "assistant", "content": t.observation} for t in trajectory.turns],
+                       oracle.others, skip_first_user=False)
+    if trajectory.end_reason != "output" or len(seen) < len(oracle.others):
+        return None
+    return GoldExample("generator", q.qid, "messages", trajectory)
+
+
+async def build_gold(questions: Sequence[GoldQuestion], client: SearchClient, solver_policy: EpisodePolicy,
+                     generator_policy: EpisodePolicy, seed_texts: dict[str, str], *, generator_share: float = 0.5,
+                     tokenizer: Tokenizer | None = None, concurrency: int = 8,
+                     progress: Any = None) -> tuple[list[GoldExample], GoldStats]:
+    """Gold solver examples for every answerable question, and generator examples for the first
+    `generator_share` of them (in question order, so the choice is deterministic).
+
+    `tokenizer`: the model's, so observations are cut by its tokens as in training (`max_obs_tokens`).
+    `progress`, if given, is called with each finished question (a tqdm's `update`, say).
+    """
+    stats = GoldStats()
+    semaphore = asyncio.Semaphore(concurrency)
+    n_gen = round(generator_share * len(questions))
+
+    async def one(i: int, q: GoldQuestion) -> list[GoldExample]:
+        async with semaphore:
+            out = []
+            solver = await gold_solver_example(q, client, solver_policy, tokenizer=tokenizer)
+            if solver is None:
+                stats.solver_dropped += 1
+            else:
+                stats.solver_kept += 1
+                stats.searches += solver.trajectory.num_searches
+                out.append(solver)
+                if i < n_gen:
+                    gen = await gold_generator_example(q, solver, client, generator_policy, seed_texts, tokenizer)
+                    stats.generator_kept += gen is not None
+                    stats.generator_dropped += gen is None
+                    out += [gen] if gen is not None else []
+            if progress is not None:
+                progress(1)
+            return out
+
+    results = await asyncio.gather(*(one(i, q) for i, q in enumerate(questions)))
+    return [ex for group in results for ex in group], stats
+
+
+def answer_in_evidence(example: GoldExample, answer: str) -> bool:
+    """Whether the normalised answer occurs in the observations the trajectory retrieved."""
+    seen = normalize_answer(" ".join(t.observation for t in example.trajectory.turns))
+    return normalize_answer(answer) in seen
