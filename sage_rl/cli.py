@@ -3,6 +3,7 @@
     sage-rl train --config-name grpo_tiny_cpu [hydra overrides ...]
     sage-rl generate --config-name sage_tiny_cpu [hydra overrides ...]
     sage-rl eval --config-name smollm2_cpu [hydra overrides ...]
+    sage-rl warmstart --config-name smollm2_cpu [hydra overrides ...]
     sage-rl models prepare [embedder|smollm2|tiny-qwen2 ...]
 """
 
@@ -74,6 +75,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_warmstart(args: argparse.Namespace) -> int:
+    from sage_rl.train.sft import load_warmstart_config, run_warmstart
+
+    result = run_warmstart(_load_config(load_warmstart_config, args))
+    print(f"report: {result.report}")  # noqa: T201
+    print(f"model: {result.model}")  # noqa: T201 - last line: scripts read the model folder from it
+    return 0
+
+
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
     from sage_rl.models import MODELS, model_path
 
@@ -104,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/eval)")
     ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.path=<checkpoint> run.output_dir=out")
     ev.set_defaults(func=_cmd_eval)
+
+    warm = sub.add_parser("warmstart", help="fine-tune a model on gold search trajectories (recipes/warmstart)")
+    warm.add_argument("--config-name", required=True, help="recipe name, e.g. smollm2_cpu")
+    warm.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/warmstart)")
+    warm.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. gold.limit=40 trainer.total_epochs=1")
+    warm.set_defaults(func=_cmd_warmstart)
 
     models = sub.add_parser("models", help="the offline default models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

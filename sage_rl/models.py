@@ -67,7 +67,7 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _build_once(name: str, build: Callable[[Path], None]) -> Path:
+def build_once(name: str, build: Callable[[Path], None]) -> Path:
     """Return `cache_dir()/name`, building it with `build(tmp_dir)` first if it does not exist."""
     target = cache_dir() / name
     if target.is_dir():
@@ -104,7 +104,7 @@ def smollm2_tokenizer_path() -> Path:
         logger.info("extracting the SmolLM2 tokenizer from %s", smollm2_gguf_path())
         _load_smollm2_tokenizer().save_pretrained(out)
 
-    return _build_once(_TOKENIZER_DIR, build)
+    return build_once(_TOKENIZER_DIR, build)
 
 
 def smollm2_path() -> Path:
@@ -130,7 +130,7 @@ def smollm2_path() -> Path:
         model.save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _build_once(_SMOLLM2_DIR, build)
+    return build_once(_SMOLLM2_DIR, build)
 
 
 def tiny_model_path() -> Path:
@@ -159,7 +159,7 @@ def tiny_model_path() -> Path:
         Qwen2ForCausalLM(config).to(torch.float32).save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _build_once(_TINY_DIR, build)
+    return build_once(_TINY_DIR, build)
 
 
 MODELS: dict[str, Callable[[], Path]] = {

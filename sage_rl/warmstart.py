@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sage_rl import protocol
 from sage_rl.episode import ChatSettings, EpisodePolicy, SearchClient, Trajectory, run_chat_episode
-from sage_rl.generate.generator import initial_prompt
+from sage_rl.generate.generator import generator_policy, initial_prompt
 from sage_rl.generate.records import Seed
 from sage_rl.llm import Completion, Messages
 from sage_rl.protocol import Tokenizer
@@ -41,6 +41,32 @@ logger = logging.getLogger(__name__)
 Transcript = Literal["inline", "messages"]
 
 _MONTHS = ("january february march april may june july august september october november december").split()
+
+
+@dataclass(frozen=True)
+class GoldConfig:
+    """The `gold:` block of a warm-start recipe (recipes/warmstart/smollm2_cpu.yaml)."""
+
+    split: str = "train"
+    limit: int | None = None
+    generator_share: float = 0.5
+    retrieval_url: str = "http://127.0.0.1:8000"
+    solver: EpisodePolicy = field(default_factory=EpisodePolicy)
+    generator: EpisodePolicy = field(default_factory=lambda: generator_policy())
+    concurrency: int = 8
+
+    @classmethod
+    def from_mapping(cls, block: Mapping[str, Any] | None) -> GoldConfig:
+        from sage_rl.config import reject_unknown
+
+        block = dict(block or {})
+        reject_unknown("gold", block, cls.__dataclass_fields__)
+        solver = EpisodePolicy.from_mapping(block.pop("solver", None), "gold.solver")
+        gen = dict(block.pop("generator", None) or {})
+        reject_unknown("gold.generator", gen, ("max_searches", "topk", "max_obs_tokens"))
+        if not 0.0 <= float(block.get("generator_share", 0.5)) <= 1.0:
+            raise ValueError(f"gold.generator_share must be in [0, 1], got {block['generator_share']}")
+        return cls(**block, solver=solver, generator=generator_policy(**gen))
 
 
 @dataclass(frozen=True)
@@ -215,8 +241,9 @@ async def gold_generator_example(q: GoldQuestion, solver: GoldExample, client: S
                                  tokenizer: Tokenizer | None = None) -> GoldExample | None:
     """The gold generator trajectory of `q`, seeded with the paragraph the solver's first search found.
 
-    None for yes/no answers (not a SAGE answer type) or when the generator's search misses the other
-    supporting paragraph. `seed_texts` maps a supporting doc id to its corpus `contents`.
+    None for yes/no answers (not a SAGE answer type), when the solver found both paragraphs with one
+    search (no chain to teach), or when the generator's search misses the other supporting paragraph.
+    `seed_texts` maps a supporting doc id to its corpus `contents`.
     """
     kind = answer_type(q.answer)
     if kind is None or len(q.titles) < 2:
@@ -233,8 +260,10 @@ async def gold_generator_example(q: GoldQuestion, solver: GoldExample, client: S
         if turn.kind == "search" and turn.query:
             found = titles_seen([{"role": "assistant", "content": turn.observation}], q.titles, False)
             steps.append(f"{turn.query}; {', '.join(found) or 'background'}")
+    if len(steps) < 2:
+        return None  # one search found both paragraphs: not a two-step chain to teach the generator
     _, _, text = contents.partition("\n")
-    seed = Seed(item_id=0, doc_id=seed_doc, title=seed_title, text=text, target_steps=len(steps) or 2,
+    seed = Seed(item_id=0, doc_id=seed_doc, title=seed_title, text=text, target_steps=len(steps),
                 answer_type=kind)
     oracle = GoldGenerator(q, seed_title, steps)
     messages = [{"role": "user", "content": initial_prompt(seed, policy.max_searches)}]
@@ -288,3 +317,33 @@ def answer_in_evidence(example: GoldExample, answer: str) -> bool:
     """Whether the normalised answer occurs in the observations the trajectory retrieved."""
     seen = normalize_answer(" ".join(t.observation for t in example.trajectory.turns))
     return normalize_answer(answer) in seen
+
+
+def load_questions(split: str, limit: int | None) -> tuple[list[GoldQuestion], dict[str, str]]:
+    """The embedded HotpotQA questions of `split` (the first `limit`), and their supporting paragraphs' contents."""
+    from sage_rl.assets import EMBEDDED_CORPUS, embedded_questions, read_jsonl
+
+    questions = [GoldQuestion.from_row(r) for r in embedded_questions(split)][:limit]
+    if not questions:
+        raise ValueError(f"no embedded HotpotQA questions in split {split!r} (limit {limit})")
+    need = {d for q in questions for d in q.doc_ids}
+    texts = {r["id"]: r["contents"] for r in read_jsonl(EMBEDDED_CORPUS) if r["id"] in need}
+    return questions, texts
+
+
+async def gold_for_config(cfg: GoldConfig, tokenizer: Tokenizer | None = None,
+                          progress: Any = None) -> tuple[list[GoldExample], GoldStats]:
+    """`build_gold` on the embedded questions against the retrieval server of `cfg`; a server that does not
+    answer is a clear error before any work."""
+    from retrieval_server.client import AsyncRetrievalClient
+
+    questions, texts = load_questions(cfg.split, cfg.limit)
+    async with AsyncRetrievalClient(cfg.retrieval_url) as client:
+        try:
+            await client.health()
+        except Exception as e:  # intended: any failure here means there is no usable server
+            raise ConnectionError(f"no retrieval server answers at {cfg.retrieval_url} ({type(e).__name__}: {e}); "
+                                  "start one on the embedded corpus first (see the recipe's header)") from e
+        return await build_gold(questions, client, cfg.solver, cfg.generator, texts,
+                                generator_share=cfg.generator_share, tokenizer=tokenizer,
+                                concurrency=cfg.concurrency, progress=progress)

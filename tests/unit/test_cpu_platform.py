@@ -48,6 +48,18 @@ def test_process_group_uses_plain_gloo():
     assert result == {"backend": "gloo", "world": 1}
 
 
+def test_torchrun_process_group_uses_plain_gloo():
+    # The initialiser of verl's torchrun entry points (the SFT trainer of `sage-rl warmstart`).
+    result = _run("""
+        import json, torch.distributed as dist
+        import verl.utils.distributed as vd
+        ranks = vd.initialize_global_process_group(timeout_second=60)
+        print(json.dumps({"backend": str(dist.get_backend()), "ranks": list(ranks)}))
+        dist.destroy_process_group()
+    """, MASTER_ADDR="127.0.0.1", MASTER_PORT="29534", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    assert result == {"backend": "gloo", "ranks": [0, 0, 1]}
+
+
 def test_plugin_is_inert_when_an_accelerator_is_present():
     # Stop verl auto-loading plugins, register a fake accelerator, then load the plugin by hand.
     result = _run("""

@@ -40,16 +40,16 @@ def test_build_is_atomic_and_cached(tmp_path, monkeypatch):
         calls.append(out)
         (out / "weights").write_text("w")
 
-    first = models._build_once("thing", build)
+    first = models.build_once("thing", build)
     assert (first / "weights").read_text() == "w"
-    assert models._build_once("thing", build) == first and len(calls) == 1
+    assert models.build_once("thing", build) == first and len(calls) == 1
 
     def broken(out):
         (out / "partial").write_text("x")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        models._build_once("other", broken)
+        models.build_once("other", broken)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]  # nothing half-written is left
 
 

@@ -169,3 +169,29 @@ def test_online_gpu_recipes_are_the_paper_run_plus_the_online_blocks(size):
         "reward.custom_reward_function.reward_kwargs.judge_model"]  # the judge settings are the paper's
     cfg = OnlineConfig.from_mapping(compose(recipes_dir() / "train", f"ppo_qwen2.5-{size}_sage_online").online)
     assert cfg.enable and cfg.generate_recipe == "sage_paper" and cfg.pool.controller.max_steps == 10
+
+
+@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.parent.name == "warmstart"], ids=lambda p: p.stem)
+def test_warmstart_recipe_trains_on_what_the_pipeline_runs(recipe: Path, tmp_path: Path):
+    from verl.utils.import_utils import load_extern_object
+
+    from sage_rl.generate.config import load_generate_config
+    from sage_rl.generate.generator import generator_policy
+    from sage_rl.train.launch import load_train_config
+    from sage_rl.train.search_agent_loop import SearchAgentConfig
+    from sage_rl.train.sft import SearchSFTDataset, load_warmstart_config, verl_config
+    from sage_rl.warmstart import GoldConfig
+
+    cfg = load_warmstart_config(recipe.stem, config_dir=recipe.parent)
+    gold = GoldConfig.from_mapping(OmegaConf.to_container(cfg.gold))
+    # The solver learns the CPU training recipes' episode, the generator sage-rl generate's CPU settings.
+    assert gold.solver == SearchAgentConfig.from_trainer_config(load_train_config("grpo_search_tiny_cpu")).episode
+    gen = load_generate_config("sage_tiny_cpu").generator
+    assert gold.generator == generator_policy(gen.max_searches, 3, gen.max_obs_tokens)
+    assert Path(cfg.model.path, "config.json").is_file()
+    # What verl's SFT trainer receives: its own config, our dataset class, every interpolation resolvable.
+    run_cfg = verl_config(cfg, tmp_path / "gold.parquet", tmp_path)
+    assert "gold" not in run_cfg and "max_token_len_per_gpu" in run_cfg.data  # verl's defaults, inherited
+    assert load_extern_object(run_cfg.data.custom_cls.path, run_cfg.data.custom_cls.name) is SearchSFTDataset
+    assert run_cfg.trainer.default_local_dir == str((tmp_path / "sft").resolve())
+    OmegaConf.resolve(run_cfg)

@@ -3,6 +3,8 @@
 import asyncio
 import re
 
+import pytest
+
 from retrieval_server.client import Hit
 from sage_rl import protocol
 from sage_rl.episode import EpisodePolicy
@@ -108,3 +110,30 @@ def test_yes_no_answers_make_no_generator_example():
     examples, stats = asyncio.run(build_gold([q], WordRetriever(), POLICY, generator_policy(3, 1, None), CORPUS,
                                              generator_share=1.0))
     assert [e.role for e in examples] == ["solver"] and stats.generator_dropped == 1
+
+
+def test_one_search_questions_teach_the_solver_but_not_the_generator():
+    wide = EpisodePolicy(max_searches=2, topk=2, max_obs_tokens=None)  # the question's search finds both paragraphs
+    examples, stats = asyncio.run(build_gold([Q_BRIDGE], WordRetriever(), wide, generator_policy(3, 1, None), CORPUS,
+                                             generator_share=1.0))
+    assert [e.role for e in examples] == ["solver"] and examples[0].trajectory.num_searches == 1
+    assert stats.generator_dropped == 1
+
+
+def test_no_retrieval_server_is_a_clear_error_before_any_work():
+    from llm_server import refused_url
+
+    from sage_rl.warmstart import GoldConfig, gold_for_config
+
+    cfg = GoldConfig.from_mapping({"retrieval_url": refused_url(), "limit": 2})
+    with pytest.raises(ConnectionError, match="no retrieval server answers at .* start one"):
+        asyncio.run(gold_for_config(cfg))
+
+
+def test_gold_config_rejects_typos():
+    from sage_rl.warmstart import GoldConfig
+
+    with pytest.raises(ValueError, match="unknown gold.solver settings"):
+        GoldConfig.from_mapping({"solver": {"max_search": 2}})
+    with pytest.raises(ValueError, match="generator_share"):
+        GoldConfig.from_mapping({"generator_share": 2})
