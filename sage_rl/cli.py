@@ -4,6 +4,7 @@
     sage-rl generate --config-name sage_tiny_cpu [hydra overrides ...]
     sage-rl eval --config-name smollm2_cpu [hydra overrides ...]
     sage-rl warmstart --config-name smollm2_cpu [hydra overrides ...]
+    sage-rl pipeline --config-name quickstart_cpu [--verbose] [hydra overrides ...]
     sage-rl models prepare [embedder|smollm2|tiny-qwen2 ...]
 """
 
@@ -84,6 +85,23 @@ def _cmd_warmstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from sage_rl.pipeline import StageFailed, load_pipeline_config, run_pipeline
+
+    cfg = _load_config(load_pipeline_config, args)
+    cfg.run.verbose = cfg.run.verbose or args.verbose
+    try:
+        run_pipeline(cfg)
+    except StageFailed as e:
+        print(f"sage-rl pipeline: {e}", file=sys.stderr)  # noqa: T201
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished stages are kept. Resume with the same command ({cfg.run.output_dir})",  # noqa: T201
+              file=sys.stderr)
+        return 130
+    return 0
+
+
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
     from sage_rl.models import MODELS, model_path
 
@@ -120,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/warmstart)")
     warm.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. gold.limit=40 trainer.total_epochs=1")
     warm.set_defaults(func=_cmd_warmstart)
+
+    pipe = sub.add_parser("pipeline", help="the main job: index, warm-start, SAGE data, training, evaluation, report")
+    pipe.add_argument("--config-name", required=True, help="recipe name, e.g. quickstart_cpu")
+    pipe.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/pipeline)")
+    pipe.add_argument("--verbose", action="store_true", help="stream every stage's output (also SAGE_RL_VERBOSE=1)")
+    pipe.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. run.stages=[eval,report]")
+    pipe.set_defaults(func=_cmd_pipeline)
 
     models = sub.add_parser("models", help="the offline default models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

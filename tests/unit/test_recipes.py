@@ -18,10 +18,12 @@ def test_recipes_are_found():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_composes_and_opens_with_its_launch_command(recipe: Path):
     from sage_rl.eval.config import register_schema
+    from sage_rl.pipeline import register_schema as register_pipeline_schema
 
     first = recipe.read_text().splitlines()[0]
     assert first.startswith("# Launch:") and f"--config-name {recipe.stem}" in first, first
-    register_schema()  # eval recipes start from the schema
+    register_schema()  # eval and pipeline recipes start from their schema
+    register_pipeline_schema()
     cfg = compose(recipe.parent, recipe.stem)
     assert len(cfg) > 0
 

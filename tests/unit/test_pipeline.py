@@ -1,0 +1,90 @@
+"""The main job's orchestration with stand-in stages: resume, failures, the console, the report."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from sage_rl import pipeline, pipeline_stages
+from sage_rl.pipeline import Console, Job, PipelineConfig, StageFailed, load_pipeline_config, run_pipeline
+from sage_rl.pipeline_report import write_report
+
+
+def test_quickstart_recipe_loads_typed():
+    cfg = load_pipeline_config("quickstart_cpu")
+    assert cfg.run.stages == list(pipeline.STAGES) and cfg.train.recipe == "grpo_search_smollm2_cpu"
+    with pytest.raises(ValueError, match="unknown stages"):
+        load_pipeline_config("quickstart_cpu", ["run.stages=[index,trian]"])
+
+
+def test_finished_stages_are_skipped_and_redo_reruns_one(tmp_path, monkeypatch, capsys):
+    calls = []
+    for stage in pipeline.STAGES:
+        monkeypatch.setattr(pipeline_stages, stage, lambda job, s=stage: calls.append(s) or {"summary": s})
+    cfg = PipelineConfig()
+    cfg.run.output_dir = str(tmp_path)
+    cfg.run.stages = ["index", "warmstart"]
+    run_pipeline(cfg)
+    assert calls == ["index", "warmstart"]
+    assert json.loads((tmp_path / "index" / "done.json").read_text())["summary"] == "index"
+    cfg.run.redo = ["warmstart"]
+    run_pipeline(cfg)
+    assert calls == ["index", "warmstart", "warmstart"]
+    assert "[index] done before" in capsys.readouterr().out
+
+
+def test_a_stage_that_needs_an_unfinished_one_says_so(tmp_path):
+    job = Job(PipelineConfig(), tmp_path, Console(verbose=False))
+    with pytest.raises(StageFailed, match="stage 'warmstart' has not finished"):
+        pipeline_stages.train(job)
+
+
+def test_console_mirrors_progress_logs_everything_and_reports_failures(tmp_path, capsys):
+    script = ("import sys\n"
+              "for i in range(1, 4): sys.stdout.write(f'\\rwork: {i}/3 [00:01<00:00]'); sys.stdout.flush()\n"
+              "print('\\nstep:1 - critic/score/mean:0.5 - timing_s/step:np.float64(12.0)')\n"
+              "sys.exit(3)\n")
+    seen = []
+    log = tmp_path / "logs" / "child.log"
+    with pytest.raises(StageFailed, match=r"child failed \(exit 3\); full log: .*child.log"):
+        Console(verbose=False).run([sys.executable, "-c", script], log, "child",
+                                   on_line=lambda t: seen.append(pipeline.step_line(t)))
+    assert "work: 3/3" in log.read_text()
+    assert (1, {"reward": 0.5, "step_s": 12.0}) in seen
+    assert "critic/score" not in capsys.readouterr().out  # the console shows the bar, not the child's lines
+
+
+def _record(folder: Path, stage: str, record: dict) -> None:
+    (folder / stage).mkdir(parents=True, exist_ok=True)
+    (folder / stage / "done.json").write_text(json.dumps({"seconds": 10.0, "summary": stage, **record}))
+
+
+def test_report_has_every_section_with_intervals(tmp_path):
+    ws = {"model": "/m", "cached": False, "gold_stats": {"solver_kept": 9, "solver_dropped": 1, "mean_searches": 1.9,
+                                                         "generator_kept": 3},
+          "training": {"rows": 12, "steps": 3, "losses": [1.5, 1.0, 0.7], "seconds": 90.0}}
+    (tmp_path / "ws.json").write_text(json.dumps(ws))
+    results = {}
+    for label, em in (("base", 0.0), ("warmstart", 0.2), ("trained", 0.3)):
+        path = tmp_path / f"{label}.json"
+        path.write_text(json.dumps({"benchmarks": {"hotpotqa-test": {
+            "episodes": 10, "failed_episodes": 0, "em": em, "searches_mean": 1.5, "answered": 0.9,
+            "invalid_turn_rate": 0.1}}}))
+        results[label] = str(path)
+    gen_md = "# g\n\n## Intrinsic evaluation (paper Table)\n\n| a |\n|---|\n| 1 |\n\n## Other\n"
+    (tmp_path / "gen.md").write_text(gen_md)
+    _record(tmp_path, "index", {"docs": 2000, "retriever": "dense"})
+    _record(tmp_path, "warmstart", {"report": str(tmp_path / "ws.json")})
+    _record(tmp_path, "generate", {"items": 6, "accepted": 1, "statuses": {"accepted": 1, "rejected": 5},
+                                   "report": str(tmp_path / "gen.md")})
+    _record(tmp_path, "train", {"train_files": ["/x/verl.parquet"], "steps": [
+        {"step": 1, "reward": 0.1, "acc": 0.1, "searches": 1.2, "answered": 0.8, "step_s": 60.0},
+        {"step": 2, "reward": 0.2, "acc": 0.2, "searches": 1.4, "answered": 0.9, "step_s": 55.0}]})
+    _record(tmp_path, "eval", {"results": results})
+    text = write_report(Job(PipelineConfig(), tmp_path, Console(False))).read_text()
+    for heading in ("## Stages", "## Index", "## Warm-start", "## SAGE generation", "## Training", "## Evaluation"):
+        assert heading in text
+    assert "| **total** | 50 |" in text and "| 1 |" in text  # stage times; the generation table copied
+    assert "| warmstart | hotpotqa-test | 10 | 0.200 | [0.057, 0.510] |" in text
+    assert (tmp_path / "training.png").is_file() and (tmp_path / "warmstart_loss.png").is_file()
