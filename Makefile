@@ -27,8 +27,11 @@ $(STAMP): requirements/cpu.lock setup.py
 	    print('sage_rl stack ok: torch', torch.__version__, '| verl', verl.__version__)"
 	touch $(STAMP)
 
+# The main job: index, warm-start, SAGE generation, GRPO, three-model evaluation, report (outputs/quickstart/report.md).
+# QUICKSTART_ARGS passes overrides, e.g. QUICKSTART_ARGS="--verbose" or QUICKSTART_ARGS="run.redo=[eval,report]".
+QUICKSTART_ARGS ?=
 quickstart: install
-	$(BIN)/sage-rl train --config-name grpo_tiny_cpu
+	$(BIN)/sage-rl pipeline --config-name quickstart_cpu $(QUICKSTART_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -77,6 +77,7 @@ def train(job: Job) -> dict:
     files = [str(embedded_hotpotqa_parquet("train", prompt="search"))]
     if generated["accepted"] and Path(generated["verl_parquet"]).is_file():
         files.insert(0, generated["verl_parquet"])
+    quoted = ",".join(f"'{f}'" for f in files)
     out = job.out / "train"
     steps: list[dict] = []
 
@@ -87,7 +88,7 @@ def train(job: Job) -> dict:
             job.console.line("  step " + str(step) + ": " + "  ".join(f"{k} {v:.3g}" for k, v in values.items()))
 
     cmd = job.sage_rl("train", "--config-name", cfg.recipe, f"actor_rollout_ref.model.path={model}",
-                      f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files=[{','.join(files)}]",
+                      f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files=[{quoted}]",
                       f"trainer.default_local_dir={out / 'checkpoints'}", "trainer.resume_mode=disable", *cfg.overrides)
     job.console.run(cmd, job.log("train"), "GRPO training", on_line=on_line)
     checkpoints = sorted((out / "checkpoints").glob("global_step_*"), key=lambda p: int(p.name.split("_")[-1]))

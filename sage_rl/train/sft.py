@@ -126,6 +126,17 @@ def input_key(rows: list[dict], cfg: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def fitting_rows(rows: list[dict], tokenizer: Any, max_length: int) -> tuple[list[dict], int]:
+    """The rows whose chat fits in `max_length` tokens (verl's SFT dataset refuses longer ones), and how many
+    did not. A few tokens of margin cover segment-wise tokenisation, which can differ from the whole chat's."""
+    kept = []
+    for row in rows:
+        chat = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        if len(tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]) <= max_length - 16:
+            kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
 def run_warmstart(cfg: DictConfig, progress: bool = True) -> WarmStartResult:
     """Build the gold rows, fine-tune on them (unless the cache has the model already), write `warmstart.json`."""
     from tqdm import tqdm
@@ -139,7 +150,7 @@ def run_warmstart(cfg: DictConfig, progress: bool = True) -> WarmStartResult:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         with tqdm(total=None, desc="gold trajectories", unit="q", disable=not progress) as bar:
             examples, stats = asyncio.run(gold_for_config(gold_cfg, tokenizer, bar.update))
-        rows = [e.sft_row() for e in examples]
+        rows, too_long = fitting_rows([e.sft_row() for e in examples], tokenizer, cfg.data.max_length)
         if not rows:
             raise RuntimeError(f"no gold trajectory was kept ({stats}); is the retrieval server's corpus the "
                                "embedded HotpotQA corpus?")
@@ -147,7 +158,7 @@ def run_warmstart(cfg: DictConfig, progress: bool = True) -> WarmStartResult:
         gold_s = time.perf_counter() - started
         print(f"gold: {stats.solver_kept} solver + {stats.generator_kept} generator trajectories "  # noqa: T201
               f"({stats.solver_dropped} unanswerable questions dropped, {stats.mean_searches:.2f} searches "
-              f"per solver trajectory) -> {gold}", flush=True)
+              f"per solver trajectory; {too_long} rows over data.max_length left out) -> {gold}", flush=True)
 
         run_cfg = verl_config(cfg, gold, out)
         key = input_key(rows, run_cfg)
@@ -158,7 +169,7 @@ def run_warmstart(cfg: DictConfig, progress: bool = True) -> WarmStartResult:
         report = {
             "model": str(model), "gold": str(gold), "cached": cached, "input_key": key,
             "base_model": str(cfg.model.path),
-            "gold_stats": asdict(stats) | {"mean_searches": stats.mean_searches},
+            "gold_stats": asdict(stats) | {"mean_searches": stats.mean_searches, "too_long": too_long},
             # how the cached weights were trained (kept beside them, so a cache hit reports it too)
             "training": json.loads((model / TRAINING_RECORD).read_text()),
             "seconds": {"gold": round(gold_s, 1), "total": round(time.perf_counter() - started, 1)},
