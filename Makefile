@@ -11,7 +11,7 @@ PIP_ARGS ?=
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check $(PIP_ARGS)
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test test-unit test-e2e lint lock bench clean
+.PHONY: install quickstart test test-unit test-e2e test-quickstart lint lock bench clean
 
 install: $(STAMP)
 
@@ -40,11 +40,15 @@ test-unit: install
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
 
 test-e2e: install
-	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+	$(BIN)/pytest -m "e2e and not main_job" $(PYTEST_ARGS)
 
-# Everything: lint, unit tests, then the end-to-end tier (real verl PPO on CPU, real servers).
+# The main job end to end at its smallest settings (~24 min on 2 cores), kept out of `make test` for time.
+test-quickstart: install
+	$(BIN)/pytest -m main_job $(PYTEST_ARGS)
+
+# Everything but the main job: lint, unit tests, then the end-to-end tier (real verl PPO on CPU, real servers).
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not main_job" $(PYTEST_ARGS)
 
 # Re-pin after changing dependencies in setup.py: resolves in a scratch venv (~4 min); checked to reproduce
 # requirements/cpu.lock exactly.
