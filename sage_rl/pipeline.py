@@ -120,14 +120,18 @@ class Console:
         print(text, flush=True)  # noqa: T201 - the pipeline's console is its interface
 
     def run(self, cmd: Sequence[str], log: Path, desc: str, env: dict[str, str] | None = None,
-            on_line: Callable[[str], None] | None = None) -> None:
-        """Run `cmd` with its output in `log`; raise `StageFailed` (with the log's tail) if it fails."""
+            on_line: Callable[[str], None] | None = None, bar: str = "") -> None:
+        """Run `cmd` with its output in `log`; raise `StageFailed` (with the log's tail) if it fails.
+
+        `bar`: the description of the child's own progress bar to mirror (its other bars, such as weight
+        loading, are not the stage's progress)."""
         from tqdm import tqdm
 
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
         with open(log, "w") as out, tqdm(desc=desc, total=None, disable=self.verbose, leave=False,
-                                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]") as bar:
+                                         bar_format=fmt) as shown:
             proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                                     bufsize=1, start_new_session=True)
             assert proc.stdout is not None
@@ -138,11 +142,11 @@ class Console:
                     if self.verbose:
                         sys.stdout.write(raw)
                     for piece in raw.split("\r"):
-                        if match := _BAR_RE.search(piece):
+                        if bar in piece and (match := _BAR_RE.search(piece)):
                             n, total = int(match.group(1)), int(match.group(2))
-                            if total and (bar.total != total or n >= bar.n):
-                                bar.total, bar.n = total, n
-                                bar.refresh()
+                            if total and (shown.total != total or n >= shown.n):
+                                shown.total, shown.n = total, n
+                                shown.refresh()
                         if on_line is not None:
                             on_line(piece)
                 code = proc.wait()

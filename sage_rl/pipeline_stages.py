@@ -21,7 +21,8 @@ def index(job: Job) -> dict:
     corpus = folder / "corpus.jsonl"
     docs = write_corpus_slice(corpus, questions, distractors=cfg.distractors)
     cmd = [sys.executable, "-m", "retrieval_server", "build", "--corpus", str(corpus), "--out", str(folder / "idx")]
-    job.console.run(cmd + ([] if cfg.dense else ["--no-dense"]), job.log("index"), f"index ({docs} passages)")
+    job.console.run(cmd + ([] if cfg.dense else ["--no-dense"]), job.log("index"), f"index ({docs} passages)",
+                    bar="build")
     retriever = "dense" if cfg.dense else "bm25"
     return {"index": str(folder / "idx"), "corpus": str(corpus), "docs": docs, "retriever": retriever,
             "summary": f"{docs} passages, {retriever}"}
@@ -32,7 +33,7 @@ def warmstart(job: Job) -> dict:
     out = job.out / "warmstart"
     cmd = job.sage_rl("warmstart", "--config-name", cfg.recipe, f"gold.retrieval_url={job.retrieval()}",
                       f"gold.limit={job.cfg.index.warmstart_questions}", f"output_dir={out}", *cfg.overrides)
-    job.console.run(cmd, job.log("warmstart"), "warm-start")
+    job.console.run(cmd, job.log("warmstart"), "warm-start", bar="warm-start SFT")
     report = json.loads((out / "warmstart.json").read_text())
     gold, training = report["gold_stats"], report["training"]
     cached = " (cached model)" if report["cached"] else ""
@@ -52,7 +53,7 @@ def generate(job: Job) -> dict:
         cmd = job.sage_rl("generate", "--config-name", cfg.recipe, f"seeds.corpus={job.need('index')['corpus']}",
                           f"retrieval.url={retrieval}", f"generator.llm.base_url={url}", f"solver.llm.base_url={url}",
                           f"judge.llm.base_url={url}", f"run.output_dir={out}", "run.progress=true", *cfg.overrides)
-        job.console.run(cmd, job.log("generate"), "SAGE generation")
+        job.console.run(cmd, job.log("generate"), "SAGE generation", bar="sage generate")
     summary = _generation_summary(out)
     return {"verl_parquet": str(out / "verl.parquet"), "report": str(out / "report.md"), **summary,
             "summary": f"{summary['accepted']} of {summary['items']} items accepted"}
@@ -90,7 +91,7 @@ def train(job: Job) -> dict:
     cmd = job.sage_rl("train", "--config-name", cfg.recipe, f"actor_rollout_ref.model.path={model}",
                       f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files=[{quoted}]",
                       f"trainer.default_local_dir={out / 'checkpoints'}", "trainer.resume_mode=disable", *cfg.overrides)
-    job.console.run(cmd, job.log("train"), "GRPO training", on_line=on_line)
+    job.console.run(cmd, job.log("train"), "GRPO training", on_line=on_line, bar="Training Progress")
     checkpoints = sorted((out / "checkpoints").glob("global_step_*"), key=lambda p: int(p.name.split("_")[-1]))
     if not checkpoints:
         raise RuntimeError(f"training saved no checkpoint under {out / 'checkpoints'}; see {job.log('train')}")
@@ -122,7 +123,7 @@ def eval(job: Job) -> dict:  # noqa: A001 - the stage's name
         out = job.out / "eval" / label
         cmd = job.sage_rl("eval", "--config-name", cfg.recipe, f"model.path={path}", f"model.name={label}",
                           f"retrieval.url={job.retrieval()}", benchmarks, f"run.output_dir={out}", *cfg.overrides)
-        job.console.run(cmd, job.log(f"eval_{label}"), f"eval {label}")
+        job.console.run(cmd, job.log(f"eval_{label}"), f"eval {label}", bar="sage eval")
         results[label] = str(out / "results.json")
         scores = json.loads((out / "results.json").read_text())["benchmarks"]
         job.console.line(f"  {label}: " + "  ".join(f"{b} EM {s['em']:.3f} searches {s['searches_mean']:.2f} "

@@ -43,16 +43,19 @@ def test_a_stage_that_needs_an_unfinished_one_says_so(tmp_path):
 def test_console_mirrors_progress_logs_everything_and_reports_failures(tmp_path, capsys):
     script = ("import sys\n"
               "for i in range(1, 4): sys.stdout.write(f'\\rwork: {i}/3 [00:01<00:00]'); sys.stdout.flush()\n"
+              "sys.stdout.write('\\rloading: 272/272 [00:01<00:00]')\n"
               "print('\\nstep:1 - critic/score/mean:0.5 - timing_s/step:np.float64(12.0)')\n"
               "sys.exit(3)\n")
     seen = []
     log = tmp_path / "logs" / "child.log"
     with pytest.raises(StageFailed, match=r"child failed \(exit 3\); full log: .*child.log"):
         Console(verbose=False).run([sys.executable, "-c", script], log, "child",
-                                   on_line=lambda t: seen.append(pipeline.step_line(t)))
+                                   on_line=lambda t: seen.append(pipeline.step_line(t)), bar="work")
     assert "work: 3/3" in log.read_text()
     assert (1, {"reward": 0.5, "step_s": 12.0}) in seen
-    assert "critic/score" not in capsys.readouterr().out  # the console shows the bar, not the child's lines
+    shown = capsys.readouterr()
+    assert "critic/score" not in shown.out  # the console shows the bar, not the child's lines
+    assert "3/3" in shown.err and "272" not in shown.err  # the stage's bar, not the child's other bars
 
 
 def _record(folder: Path, stage: str, record: dict) -> None:
