@@ -29,9 +29,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sage_rl.files import atomic_write_text
 
@@ -262,7 +261,3 @@ def served_model(job: Job, model: str, name: str, log: Path) -> Iterator[str]:
     env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
     with vllm_server(model, name, log, args=job.cfg.run.vllm_args, env=env) as url:
         yield url
-
-
-def asdict_config(cfg: PipelineConfig) -> dict[str, Any]:
-    return asdict(cfg)
