@@ -110,41 +110,33 @@ def _cmd_models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_command(sub, name: str, help: str, example_recipe: str, example_overrides: str,  # noqa: A002
+                    func) -> argparse.ArgumentParser:
+    """A `sage-rl <name> --config-name <recipe> [overrides]` command; recipes live in recipes/<name>."""
+    cmd = sub.add_parser(name, help=help)
+    cmd.add_argument("--config-name", required=True, help=f"recipe name, e.g. {example_recipe}")
+    cmd.add_argument("--config-path", default=None, help=f"folder of recipes (default: recipes/{name})")
+    cmd.add_argument("overrides", nargs="*", help=f"Hydra overrides, e.g. {example_overrides}")
+    cmd.set_defaults(func=func)
+    return cmd
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sage-rl", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sage_rl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="run verl PPO/GRPO from a recipe in recipes/train")
-    train.add_argument("--config-name", required=True, help="recipe name, e.g. grpo_tiny_cpu")
-    train.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/train)")
-    train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.total_training_steps=1")
-    train.set_defaults(func=_cmd_train)
-
-    gen = sub.add_parser("generate", help="SAGE QA generation from a recipe in recipes/generate")
-    gen.add_argument("--config-name", required=True, help="recipe name, e.g. sage_tiny_cpu")
-    gen.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/generate)")
-    gen.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. seeds.num_items=10 run.output_dir=out")
-    gen.set_defaults(func=_cmd_generate)
-
-    ev = sub.add_parser("eval", help="evaluate a search agent on deep-search benchmarks (recipes/eval)")
-    ev.add_argument("--config-name", required=True, help="recipe name, e.g. smollm2_cpu")
-    ev.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/eval)")
-    ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.path=<checkpoint> run.output_dir=out")
-    ev.set_defaults(func=_cmd_eval)
-
-    warm = sub.add_parser("warmstart", help="fine-tune a model on gold search trajectories (recipes/warmstart)")
-    warm.add_argument("--config-name", required=True, help="recipe name, e.g. smollm2_cpu")
-    warm.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/warmstart)")
-    warm.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. gold.limit=40 trainer.total_epochs=1")
-    warm.set_defaults(func=_cmd_warmstart)
-
-    pipe = sub.add_parser("pipeline", help="the main job: index, warm-start, SAGE data, training, evaluation, report")
-    pipe.add_argument("--config-name", required=True, help="recipe name, e.g. quickstart_cpu")
-    pipe.add_argument("--config-path", default=None, help="folder of recipes (default: recipes/pipeline)")
+    _recipe_command(sub, "train", "run verl PPO/GRPO from a recipe in recipes/train", "grpo_tiny_cpu",
+                    "trainer.total_training_steps=1", _cmd_train)
+    _recipe_command(sub, "generate", "SAGE QA generation from a recipe in recipes/generate", "sage_tiny_cpu",
+                    "seeds.num_items=10 run.output_dir=out", _cmd_generate)
+    _recipe_command(sub, "eval", "evaluate a search agent on deep-search benchmarks (recipes/eval)", "smollm2_cpu",
+                    "model.path=<checkpoint> run.output_dir=out", _cmd_eval)
+    _recipe_command(sub, "warmstart", "fine-tune a model on gold search trajectories (recipes/warmstart)",
+                    "smollm2_cpu", "gold.limit=40 trainer.total_epochs=1", _cmd_warmstart)
+    pipe = _recipe_command(sub, "pipeline", "the main job: index, warm-start, SAGE data, training, evaluation, report",
+                           "quickstart_cpu", "run.stages=[eval,report]", _cmd_pipeline)
     pipe.add_argument("--verbose", action="store_true", help="stream every stage's output (also SAGE_RL_VERBOSE=1)")
-    pipe.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. run.stages=[eval,report]")
-    pipe.set_defaults(func=_cmd_pipeline)
 
     models = sub.add_parser("models", help="the offline default models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

@@ -12,6 +12,8 @@ import pytest
         (["train", "--config-name", "no_such_recipe"], "available: "),
         (["train", "--config-name", "grpo_tiny_cpu", "trainer.no_such_key=1"], "no_such_key"),
         (["train", "--config-name", "grpo_tiny_cpu", "data.train_files=${sage_rl.data:nq-train}"], "nq-train"),
+        (["warmstart", "--config-name", "smollm2_cpu", "gold.solver.max_search=2"], "max_search"),
+        (["pipeline", "--config-name", "quickstart_cpu", "run.stages=[index,trian]"], "trian"),
     ],
 )
 def test_cli_reports_bad_recipes_without_a_traceback(argv, message):
