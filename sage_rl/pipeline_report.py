@@ -28,6 +28,23 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def verdict(bench: str, warm: tuple[float, float, float], trained: tuple[float, float, float]) -> str:
+    """Whether training beat the warm-start on one benchmark, said plainly (EM, 95% interval).
+
+    >>> verdict("b", (0.1, 0.03, 0.25), (0.1, 0.03, 0.25))
+    '- b: the trained model does not beat its warm-start (EM 0.100 vs 0.100; the 95% intervals overlap).'
+    """
+    if trained[0] > warm[0] and trained[1] > warm[2]:
+        outcome = "beats its warm-start"
+    elif trained[0] > warm[0]:
+        outcome = "scores above its warm-start, within noise"
+    else:
+        outcome = "does not beat its warm-start"
+    overlap = "overlap" if trained[1] <= warm[2] and warm[1] <= trained[2] else "do not overlap"
+    return (f"- {bench}: the trained model {outcome} (EM {trained[0]:.3f} vs {warm[0]:.3f}; "
+            f"the 95% intervals {overlap}).")
+
+
 def _section(markdown: str, title: str) -> list[str]:
     """The lines of one `## title` section of another report (without its heading)."""
     lines, out, inside = markdown.splitlines(), [], False
@@ -119,11 +136,16 @@ def write_report(job: Job) -> Path:
         lines += ["## Evaluation", "", "Greedy, the training episode policy, exact match; 95% Wilson intervals.", "",
                   "| model | benchmark | questions | EM | 95% interval | searches | answered | invalid turns |",
                   "|---|---|---|---|---|---|---|---|"]
+        scores: dict[tuple[str, str], tuple[float, float, float]] = {}
         for label, path in r["results"].items():
             for bench, s in json.loads(Path(path).read_text())["benchmarks"].items():
                 n = s["episodes"] - s["failed_episodes"]
                 lo, hi = wilson(s["em"] * n, n)
+                scores[label, bench] = (s["em"], lo, hi)
                 lines.append(f"| {label} | {bench} | {n} | {s['em']:.3f} | [{lo:.3f}, {hi:.3f}] | "
                              f"{s['searches_mean']:.2f} | {s['answered']:.2f} | {s['invalid_turn_rate']:.2f} |")
+        lines.append("")
+        lines += [verdict(bench, scores[("warmstart", bench)], scores[("trained", bench)])
+                  for (label, bench) in scores if label == "trained" and ("warmstart", bench) in scores]
         lines.append("")
     return atomic_write_text(out / "report.md", "\n".join(lines))

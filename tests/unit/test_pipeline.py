@@ -90,4 +90,5 @@ def test_report_has_every_section_with_intervals(tmp_path):
         assert heading in text
     assert "| **total** | 50 |" in text and "| 1 |" in text  # stage times; the generation table copied
     assert "| warmstart | hotpotqa-test | 10 | 0.200 | [0.057, 0.510] |" in text
+    assert "- hotpotqa-test: the trained model scores above its warm-start, within noise (EM 0.300 vs 0.200" in text
     assert (tmp_path / "training.png").is_file() and (tmp_path / "warmstart_loss.png").is_file()
