@@ -13,7 +13,9 @@ to `<run>/logs/<stage>.log`):
 6. `report`: one markdown report (`sage_rl.pipeline_report`).
 
 A stage that finished writes `<run>/<stage>/done.json` with what it made and its wall time; a rerun skips it
-(`run.redo=[stage,...]` forces it), so a failed or interrupted job resumes at the stage that did not finish.
+(`run.redo=[stage,...]` forces it; it does not cascade, so list the later stages too when their inputs should
+change), and a failed or interrupted job resumes at the stage that did not finish. One job per run folder at a
+time (a folder lock).
 `run.stages` runs a subset; a stage's inputs must then exist. The console gets one line per stage, a progress
 bar mirrored from the child's own, and a short line per training step; `run.verbose=true` (or
 `SAGE_RL_VERBOSE=1`) streams every child's output instead.
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sage_rl.files import atomic_write_text
+from sage_rl.files import atomic_write_text, folder_lock
 
 STAGES = ("index", "warmstart", "generate", "train", "eval", "report")
 _BAR_RE = re.compile(r"(?:^|\s)(\d+)/(\d+) \[")
@@ -232,7 +234,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     job = Job(cfg, out, Console(verbose))
     job.console.line(f"sage-rl pipeline: {out} (logs in {out / 'logs'}; run.verbose=true to see them here)")
-    with job.stack:
+    with folder_lock(out, "sage-rl pipeline"), job.stack:
         for stage in STAGES:
             if stage not in cfg.run.stages:
                 continue
