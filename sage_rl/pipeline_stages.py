@@ -11,7 +11,7 @@ from sage_rl.pipeline import Job, served_model, step_line
 
 def index(job: Job) -> dict:
     """A corpus slice that keeps the job's questions answerable, built into an index by the retrieval server."""
-    from sage_rl.assets import embedded_questions, write_corpus_slice
+    from sage_rl.assets import embedded_questions, read_jsonl, write_corpus_slice
 
     cfg = job.cfg.index
     folder = job.out / "index"
@@ -25,8 +25,6 @@ def index(job: Job) -> dict:
                     bar="build")
     # SAGE seeds: the slice without the held-out questions' supporting paragraphs, so no generated training
     # question is built on the evidence of an evaluation question.
-    from sage_rl.assets import read_jsonl
-
     held_out = {d for q in embedded_questions("test")[: cfg.eval_questions] for d in q["supporting_doc_ids"]}
     seeds = folder / "seeds.jsonl"
     with open(seeds, "w", encoding="utf-8") as f:
@@ -106,8 +104,6 @@ def train(job: Job) -> dict:
         raise RuntimeError(f"training saved no checkpoint under {out / 'checkpoints'}; see {job.log('train')}")
     hf = checkpoints[-1] / "actor" / "huggingface"
     model_path = hf if any(hf.glob("*.safetensors")) else checkpoints[-1]
-    (out).mkdir(parents=True, exist_ok=True)
-    (out / "steps.json").write_text(json.dumps(steps, indent=2))
     last = steps[-1] if steps else {}
     return {"model": str(model_path), "steps": steps, "train_files": files,
             "summary": f"{len(steps)} steps; last: " + ", ".join(f"{k} {v:.3g}" for k, v in last.items()

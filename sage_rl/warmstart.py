@@ -12,7 +12,7 @@ embedded corpus, so we can write the trajectories a competent agent would produc
 The gold models are scripted `ChatModel`s: the shipped episode engine (`run_chat_episode`) runs them under
 the pipeline's own prompts and episode policies against the real retrieval server, so observations,
 rendering and budgets are exactly what generation, training and evaluation see. A trajectory is kept
-only if the searches really retrieved every supporting paragraph (`answerable`); the rest are dropped and
+only if the searches really retrieved every supporting paragraph; the rest are dropped as unanswerable and
 counted. `GoldExample.sft_row` turns a kept trajectory into a chat row for verl's SFT trainer: the
 solver's row is one assistant message of text segments (`inline`, what the verl agent loop trains on)
 with every observation marked not to train; the generator's observations are user messages
@@ -22,21 +22,18 @@ with every observation marked not to train; the generator's observations are use
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sage_rl import protocol
-from sage_rl.episode import ChatSettings, EpisodePolicy, SearchClient, Trajectory, run_chat_episode
+from sage_rl.episode import ChatSettings, EpisodePolicy, SearchClient, Trajectory, Turn, run_chat_episode
 from sage_rl.generate.generator import generator_policy, initial_prompt
 from sage_rl.generate.records import Seed
 from sage_rl.llm import Completion, Messages
 from sage_rl.protocol import Tokenizer
 from sage_rl.qa_match import normalize_answer
-
-logger = logging.getLogger(__name__)
 
 Transcript = Literal["inline", "messages"]
 
@@ -103,17 +100,14 @@ def answer_type(answer: str) -> str | None:
     return "entity"
 
 
-def titles_seen(messages: Messages, titles: Iterable[str], skip_first_user: bool = True) -> list[str]:
-    """Which of `titles` appear as a rendered passage (`Doc i(Title: "T")`) anywhere after the prompt."""
-    texts = []
-    first_user = skip_first_user
-    for m in messages:
-        if first_user and m["role"] == "user":
-            first_user = False
-            continue
-        texts.append(str(m.get("content") or ""))
-    text = "\n".join(texts)
+def titles_in(text: str, titles: Iterable[str]) -> list[str]:
+    """Which of `titles` appear in `text` as a rendered passage (`Doc i(Title: "T")`, quotes as in the corpus)."""
     return [t for t in titles if f'(Title: "{t}")' in text or f"(Title: {t})" in text]
+
+
+def observed(turns: Iterable[Turn]) -> str:
+    """Every observation of `turns`, as one text."""
+    return "\n".join(t.observation for t in turns)
 
 
 class GoldSolver:
@@ -130,7 +124,9 @@ class GoldSolver:
 
     async def chat(self, messages: Messages, *, stop: Sequence[str] | None = None, max_tokens: int | None = None,
                    temperature: float | None = None, extra_body: dict[str, Any] | None = None) -> Completion:
-        seen = titles_seen(messages, self.q.titles)
+        # What the episode showed so far: everything after the prompt (observations are user messages, or
+        # part of the growing assistant message when the transcript is inline).
+        seen = titles_in("\n".join(str(m.get("content") or "") for m in messages[1:]), self.q.titles)
         missing = [t for t in self.q.titles if t not in seen]
         if self.searches == 0:
             query = protocol.as_question(self.q.question)
@@ -229,8 +225,7 @@ async def gold_solver_example(q: GoldQuestion, client: SearchClient, policy: Epi
     messages = [{"role": "user", "content": protocol.search_prompt(q.question)}]
     trajectory = await run_chat_episode(oracle, messages, client, policy, ChatSettings(transcript=transcript),
                                         tokenizer)
-    seen = titles_seen([{"role": "assistant", "content": t.observation} for t in trajectory.turns], q.titles,
-                       skip_first_user=False)
+    seen = titles_in(observed(trajectory.turns), q.titles)
     if trajectory.end_reason != "answer" or len(seen) < len(q.titles):
         return None
     return GoldExample("solver", q.qid, transcript, trajectory)
@@ -249,7 +244,7 @@ async def gold_generator_example(q: GoldQuestion, solver: GoldExample, client: S
     if kind is None or len(q.titles) < 2:
         return None
     turns = solver.trajectory.turns
-    first_seen = titles_seen([{"role": "assistant", "content": turns[0].observation}], q.titles, False)
+    first_seen = titles_in(turns[0].observation, q.titles)
     seed_title = first_seen[0] if first_seen else q.titles[0]
     seed_doc = q.doc_ids[q.titles.index(seed_title)]
     contents = seed_texts.get(seed_doc)
@@ -258,7 +253,7 @@ async def gold_generator_example(q: GoldQuestion, solver: GoldExample, client: S
     steps = []
     for turn in turns:
         if turn.kind == "search" and turn.query:
-            found = titles_seen([{"role": "assistant", "content": turn.observation}], q.titles, False)
+            found = titles_in(turn.observation, q.titles)
             steps.append(f"{turn.query}; {', '.join(found) or 'background'}")
     if len(steps) < 2:
         return None  # one search found both paragraphs: not a two-step chain to teach the generator
@@ -269,8 +264,7 @@ async def gold_generator_example(q: GoldQuestion, solver: GoldExample, client: S
     messages = [{"role": "user", "content": initial_prompt(seed, policy.max_searches)}]
     trajectory = await run_chat_episode(oracle, messages, client, policy, ChatSettings(transcript="messages"),
                                         tokenizer)
-    seen = titles_seen([{"role": "assistant", "content": t.observation} for t in trajectory.turns],
-                       oracle.others, skip_first_user=False)
+    seen = titles_in(observed(trajectory.turns), oracle.others)
     if trajectory.end_reason != "output" or len(seen) < len(oracle.others):
         return None
     return GoldExample("generator", q.qid, "messages", trajectory)
@@ -315,7 +309,7 @@ async def build_gold(questions: Sequence[GoldQuestion], client: SearchClient, so
 
 def answer_in_evidence(example: GoldExample, answer: str) -> bool:
     """Whether the normalised answer occurs in the observations the trajectory retrieved."""
-    seen = normalize_answer(" ".join(t.observation for t in example.trajectory.turns))
+    seen = normalize_answer(observed(example.trajectory.turns))
     return normalize_answer(answer) in seen
 
 

@@ -17,9 +17,9 @@ model), so a rerun with the same inputs trains nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
-import logging
 import math
 import os
 import re
@@ -42,8 +42,6 @@ from sage_rl.files import atomic_write, atomic_write_text, folder_lock
 from sage_rl.models import build_once, cache_dir
 from sage_rl.warmstart import GoldConfig, gold_for_config
 
-logger = logging.getLogger(__name__)
-
 TRAINING_RECORD = "sage_rl_warmstart.json"  # beside the weights: loss curve, steps, time
 _STEP_RE = re.compile(r"step:(\d+) - .*?train/loss:([-\d.e+]+)")
 
@@ -62,19 +60,18 @@ class SearchSFTDataset(MultiTurnSFTDataset):
             piece = self.tokenizer.encode(segment["text"], add_special_tokens=False)
             ids += piece
             mask += [int(bool(segment["train"]))] * len(piece)
-        end = self._assistant_suffix()
+        end = self._assistant_suffix
         ids += end
         mask += [1] * len(end)  # the end-of-turn token is the model's, as in verl's assistant messages
         input_ids = torch.tensor(ids, dtype=torch.long)
         return input_ids, torch.tensor(mask, dtype=torch.long), torch.ones_like(input_ids), {}
 
+    @functools.cached_property
     def _assistant_suffix(self) -> list[int]:
         """The tokens the chat template puts after an assistant message's content (`<|im_end|>\\n`)."""
-        if not hasattr(self, "_suffix"):
-            marker = "\u2063sage-rl\u2063"
-            text = self.tokenizer.apply_chat_template([{"role": "assistant", "content": marker}], tokenize=False)
-            self._suffix = self.tokenizer.encode(text.split(marker, 1)[1], add_special_tokens=False)
-        return self._suffix
+        marker = "\u2063sage-rl\u2063"
+        text = self.tokenizer.apply_chat_template([{"role": "assistant", "content": marker}], tokenize=False)
+        return self.tokenizer.encode(text.split(marker, 1)[1], add_special_tokens=False)
 
     def sanity_check(self, input_ids, messages, tools, enable_thinking) -> None:
         # verl checks that per-message tokenisation equals the whole chat's; segment-wise tokenisation
