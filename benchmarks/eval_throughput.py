@@ -78,7 +78,7 @@ async def replay(llm: OpenAIChatModel, requests: list, concurrency: int) -> tupl
 def servers(llm_url: str | None, retrieval_url: str | None, tmp: Path):
     from sage_rl.assets import EMBEDDED_CORPUS
     from sage_rl.models import smollm2_path
-    from sage_rl.serving import free_port, serving, vllm_server
+    from sage_rl.serving import CPU_SERVING_ENV, cpu_dtype, free_port, serving, vllm_server
 
     with contextlib.ExitStack() as stack:
         if retrieval_url is None:
@@ -91,10 +91,9 @@ def servers(llm_url: str | None, retrieval_url: str | None, tmp: Path):
                                          "--retriever", "bm25", "--port", str(port)],
                                         f"{retrieval_url}/health", tmp / "retrieval.log", 300))
         if llm_url is None:
-            env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
             llm_url = stack.enter_context(vllm_server(
-                str(smollm2_path()), "smollm2", tmp / "vllm.log", env=env, timeout=900,
-                args=["--dtype", "float32", "--enforce-eager", "--max-model-len", "4096"]))
+                str(smollm2_path()), "smollm2", tmp / "vllm.log", env=CPU_SERVING_ENV, timeout=900,
+                args=["--dtype", cpu_dtype(), "--enforce-eager", "--max-model-len", "4096"]))
         yield llm_url, retrieval_url
 
 

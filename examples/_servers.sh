@@ -25,9 +25,11 @@ start_retrieval() {
 start_smollm2() {
   if ! up http://127.0.0.1:8001/v1/models; then
     model=$($BIN/sage-rl models prepare smollm2 | tail -1 | cut -d' ' -f2)
-    VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=2 $BIN/python -m vllm.entrypoints.openai.api_server \
+    dtype=$($BIN/python -c "from sage_rl.serving import cpu_dtype; print(cpu_dtype())")
+    VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
+      $BIN/python -m vllm.entrypoints.openai.api_server \
       --model "$model" --served-model-name smollm2 --host 127.0.0.1 --port 8001 \
-      --dtype float32 --enforce-eager --max-model-len 8192 > outputs/vllm.log 2>&1 &
+      --dtype "$dtype" --enforce-eager --max-model-len 8192 > outputs/vllm.log 2>&1 &
     pids+=($!)
   fi
   wait_up http://127.0.0.1:8001/v1/models

