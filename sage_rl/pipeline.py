@@ -42,7 +42,7 @@ _BAR_RE = re.compile(r"(?:^|\s)(\d+)/(\d+) \[")
 _STEP_RE = re.compile(r"step:(\d+) - (.*)")
 STEP_KEYS = {  # short name -> verl/sage_rl step metric, for the one line per training step
     "reward": "critic/score/mean", "acc": "sage/reward/acc/mean", "searches": "sage/num_searches/mean",
-    "answered": "sage/answered/share", "step_s": "timing_s/step",
+    "answered": "sage/answered/share", "step_s": "timing_s/step", "pool": "pool/size",  # pool: online runs only
 }
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
-from sage_rl.pipeline import Job, served_model, step_line
+from sage_rl.pipeline import CommandStage, Job, served_model, step_line
 
 
 def index(job: Job) -> dict:
@@ -57,13 +59,20 @@ def generate(job: Job) -> dict:
     out = job.out / "generate"
     retrieval = job.retrieval()
     with served_model(job, model, "smollm2", job.out / "logs" / "generate_vllm.log") as url:
-        cmd = job.sage_rl("generate", "--config-name", cfg.recipe, f"seeds.corpus={job.need('index')['seeds']}",
-                          f"retrieval.url={retrieval}", f"generator.llm.base_url={url}", f"solver.llm.base_url={url}",
-                          f"judge.llm.base_url={url}", f"run.output_dir={out}", "run.progress=true", *cfg.overrides)
+        cmd = job.sage_rl("generate", "--config-name", cfg.recipe, *_generate_settings(job, url, retrieval),
+                          f"run.output_dir={out}", "run.progress=true")
         job.console.run(cmd, job.log("generate"), "SAGE generation", bar="sage generate")
     summary = _generation_summary(out)
     return {"verl_parquet": str(out / "verl.parquet"), "report": str(out / "report.md"), **summary,
             "summary": f"{summary['accepted']} of {summary['items']} items accepted"}
+
+
+def _generate_settings(job: Job, llm_url: str, retrieval_url: str) -> list[str]:
+    """`sage-rl generate` overrides for this job: its seeds, retrieval server and served model (generator, solver
+    and judge), then the generate stage's own overrides; the generate stage and online producers use them."""
+    return [f"seeds.corpus={job.need('index')['seeds']}", f"retrieval.url={retrieval_url}",
+            *(f"{role}.llm.base_url={llm_url}" for role in ("generator", "solver", "judge")),
+            *job.cfg.generate.overrides]
 
 
 def _generation_summary(out: Path) -> dict:
@@ -76,7 +85,33 @@ def _generation_summary(out: Path) -> dict:
 
 
 def train(job: Job) -> dict:
-    """verl GRPO of the warm-started model with search rollouts, on the SAGE set plus HotpotQA train."""
+    """verl GRPO of the warm-started model with search rollouts, on the SAGE set plus HotpotQA train.
+
+    With an online recipe (`online.enable`, e.g. online_smollm2_cpu) part of each batch comes from a question
+    pool that a SAGE producer fills during training: the warm-started model is served for it as in the
+    generate stage, with the same seeds and generate overrides, and the pool lives in `<run>/train/pool`.
+    """
+    with contextlib.ExitStack() as stack:
+        online = _is_online(job.cfg.train)
+        extra: list[str] = []
+        if online:
+            shutil.rmtree(job.out / "train" / "pool", ignore_errors=True)  # training restarts, so does its pool
+            url = stack.enter_context(served_model(job, job.need("warmstart")["model"], "smollm2",
+                                                   job.out / "logs" / "train_producer_vllm.log"))
+            settings = ",".join(f"'{o}'" for o in _generate_settings(job, url, job.retrieval()))
+            extra = [f"online.generate_recipe={job.cfg.generate.recipe}", f"online.generate_overrides=[{settings}]",
+                     f"online.pool.folder={job.out / 'train' / 'pool'}"]
+        result = _train(job, extra)
+    return {**result, "online": online}
+
+
+def _is_online(cfg: CommandStage) -> bool:
+    from sage_rl.train.launch import load_train_config
+
+    return bool(load_train_config(cfg.recipe, list(cfg.overrides)).get("online", {}).get("enable", False))
+
+
+def _train(job: Job, extra: list[str]) -> dict:
     from sage_rl.datasets import embedded_hotpotqa_parquet
 
     cfg = job.cfg.train
@@ -97,7 +132,8 @@ def train(job: Job) -> dict:
 
     cmd = job.sage_rl("train", "--config-name", cfg.recipe, f"actor_rollout_ref.model.path={model}",
                       f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files=[{quoted}]",
-                      f"trainer.default_local_dir={out / 'checkpoints'}", "trainer.resume_mode=disable", *cfg.overrides)
+                      f"trainer.default_local_dir={out / 'checkpoints'}", "trainer.resume_mode=disable", *extra,
+                      *cfg.overrides)
     job.console.run(cmd, job.log("train"), "GRPO training", on_line=on_line, bar="Training Progress")
     checkpoints = sorted((out / "checkpoints").glob("global_step_*"), key=lambda p: int(p.name.split("_")[-1]))
     if not checkpoints:

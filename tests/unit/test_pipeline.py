@@ -109,3 +109,46 @@ def test_index_slice_keeps_questions_answerable_and_seeds_exclude_held_out_evide
     held_out = {d for q in embedded_questions("test")[:2] for d in q["supporting_doc_ids"]}
     assert seeds == corpus - held_out  # no SAGE question is built on an evaluation question's evidence
     assert commands[0][2:4] == ["retrieval_server", "build"] and record["retriever"] == "dense"
+
+
+@pytest.mark.parametrize("recipe", ["grpo_search_smollm2_cpu", "online_smollm2_cpu"])
+def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeypatch, recipe):
+    import contextlib
+
+    served, commands = [], []
+
+    @contextlib.contextmanager
+    def fake_served(job, model, name, log):
+        served.append(model)
+        yield "http://127.0.0.1:9/v1"
+
+    def fake_run(self, cmd, log, what, on_line=None, bar=None):
+        commands.append(cmd)
+        hf = tmp_path / "train" / "checkpoints" / "global_step_1" / "actor" / "huggingface"
+        hf.mkdir(parents=True)
+        (hf / "model.safetensors").write_text("")
+        on_line("step:1 - critic/score/mean:0.5 - pool/size:3.0")
+
+    monkeypatch.setattr(pipeline_stages, "served_model", fake_served)
+    monkeypatch.setattr(Console, "run", fake_run)
+    monkeypatch.setattr(Job, "retrieval", lambda self: "http://127.0.0.1:8")
+    _record(tmp_path, "index", {"seeds": "/s/seeds.jsonl"})
+    _record(tmp_path, "warmstart", {"model": "/m/warm"})
+    _record(tmp_path, "generate", {"accepted": 0, "verl_parquet": "/g/verl.parquet"})
+    (tmp_path / "train" / "pool").mkdir(parents=True)  # a previous attempt's pool: training restarts, so does it
+    cfg = PipelineConfig()
+    cfg.train.recipe, cfg.generate.overrides = recipe, ["seeds.num_items=2"]
+    result = pipeline_stages.train(Job(cfg, tmp_path, Console(verbose=False)))
+    (cmd,) = commands
+    assert "actor_rollout_ref.model.path=/m/warm" in cmd and result["steps"][0]["pool"] == 3.0
+    online = [c for c in cmd if c.startswith("online.")]
+    if recipe == "grpo_search_smollm2_cpu":
+        assert not served and not online and result["online"] is False
+    else:
+        assert served == ["/m/warm"] and result["online"] is True
+        assert not (tmp_path / "train" / "pool").exists()
+        assert f"online.pool.folder={tmp_path / 'train' / 'pool'}" in online
+        (producer,) = [c for c in online if c.startswith("online.generate_overrides=")]
+        for setting in ("seeds.corpus=/s/seeds.jsonl", "retrieval.url=http://127.0.0.1:8", "seeds.num_items=2",
+                        "generator.llm.base_url=http://127.0.0.1:9/v1", "solver.llm.base_url=http://127.0.0.1:9/v1"):
+            assert f"'{setting}'" in producer, producer
