@@ -51,6 +51,7 @@ class IndexStage:
     """Which questions the job uses, and the index built for them."""
 
     warmstart_questions: int = 160  # HotpotQA train questions the warm-start tries (gold rows)
+    train_questions: int = 64  # the next HotpotQA train questions: GRPO's static training set
     eval_questions: int = 40  # held-out HotpotQA test questions evaluated
     bamboogle_questions: int = 40  # Bamboogle questions evaluated (needs Wikipedia: behaviour, not knowledge)
     distractors: int = 1500  # other corpus passages in the index
@@ -117,7 +118,11 @@ class Console:
         self.verbose = verbose
 
     def line(self, text: str) -> None:
-        print(text, flush=True)  # noqa: T201 - the pipeline's console is its interface
+        """One console line; a progress bar on screen is cleared first and redrawn below it."""
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
 
     def run(self, cmd: Sequence[str], log: Path, desc: str, env: dict[str, str] | None = None,
             on_line: Callable[[str], None] | None = None, bar: str = "") -> None:

@@ -12,14 +12,26 @@ from sage_rl.pipeline import CommandStage, Job, served_model, step_line
 
 
 def index(job: Job) -> dict:
-    """A corpus slice that keeps the job's questions answerable, built into an index by the retrieval server."""
+    """A corpus slice that keeps the job's questions answerable, built into an index by the retrieval server.
+
+    The job's questions: the warm-start's HotpotQA train questions, the next `train_questions` of the split
+    (GRPO's training set, written as verl parquet with the search prompt, so every question the policy trains
+    on can be answered from the index) and the held-out test questions."""
     from sage_rl.assets import embedded_questions, read_jsonl, write_corpus_slice
+    from sage_rl.datasets import PROMPTS, verl_row, write_verl_parquet
 
     cfg = job.cfg.index
     folder = job.out / "index"
     folder.mkdir(parents=True, exist_ok=True)
-    questions = (embedded_questions("train")[: cfg.warmstart_questions]
-                 + embedded_questions("test")[: cfg.eval_questions])
+    split = embedded_questions("train")
+    train = split[cfg.warmstart_questions: cfg.warmstart_questions + cfg.train_questions]
+    if len(train) < cfg.train_questions:
+        raise ValueError(f"index.warmstart_questions + index.train_questions = "
+                         f"{cfg.warmstart_questions + cfg.train_questions}, but the embedded HotpotQA train split "
+                         f"has {len(split)} questions")
+    train_file = write_verl_parquet((verl_row(q, i, "hotpotqa", PROMPTS["search"]) for i, q in enumerate(train)),
+                                    folder / "train.parquet")
+    questions = split[: cfg.warmstart_questions] + train + embedded_questions("test")[: cfg.eval_questions]
     corpus = folder / "corpus.jsonl"
     docs = write_corpus_slice(corpus, questions, distractors=cfg.distractors)
     cmd = [sys.executable, "-m", "retrieval_server", "build", "--corpus", str(corpus), "--out", str(folder / "idx")]
@@ -33,7 +45,7 @@ def index(job: Job) -> dict:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in read_jsonl(corpus) if r["id"] not in held_out)
     retriever = "dense" if cfg.dense else "bm25"
     return {"index": str(folder / "idx"), "corpus": str(corpus), "seeds": str(seeds), "docs": docs,
-            "retriever": retriever, "summary": f"{docs} passages, {retriever}"}
+            "train_file": str(train_file), "retriever": retriever, "summary": f"{docs} passages, {retriever}"}
 
 
 def warmstart(job: Job) -> dict:
@@ -85,7 +97,8 @@ def _generation_summary(out: Path) -> dict:
 
 
 def train(job: Job) -> dict:
-    """verl GRPO of the warm-started model with search rollouts, on the SAGE set plus HotpotQA train.
+    """verl GRPO of the warm-started model with search rollouts, on the SAGE set plus the index stage's HotpotQA
+    training questions.
 
     With an online recipe (`online.enable`, e.g. online_smollm2_cpu) part of each batch comes from a question
     pool that a SAGE producer fills during training: the warm-started model is served for it as in the
@@ -112,12 +125,10 @@ def _is_online(cfg: CommandStage) -> bool:
 
 
 def _train(job: Job, extra: list[str]) -> dict:
-    from sage_rl.datasets import embedded_hotpotqa_parquet
-
     cfg = job.cfg.train
     model = job.need("warmstart")["model"]
     generated = job.need("generate")
-    files = [str(embedded_hotpotqa_parquet("train", prompt="search"))]
+    files = [job.need("index")["train_file"]]
     if generated["accepted"] and Path(generated["verl_parquet"]).is_file():
         files.insert(0, generated["verl_parquet"])
     quoted = ",".join(f"'{f}'" for f in files)

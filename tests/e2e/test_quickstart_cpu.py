@@ -35,7 +35,8 @@ def _overrides(stage: str, *items: str) -> str:
     return f"{stage}.overrides=[" + ",".join(f"'{i}'" for i in items) + "]"
 
 SMALLEST = [
-    f"index.warmstart_questions={WARM_QUESTIONS}", "index.eval_questions=3", "index.bamboogle_questions=2",
+    f"index.warmstart_questions={WARM_QUESTIONS}", "index.train_questions=4", "index.eval_questions=3",
+    "index.bamboogle_questions=2",
     "index.distractors=100",
     _overrides("warmstart", "data.train_batch_size=4", "trainer.total_epochs=3", "optim.lr=1e-4"),
     _overrides("generate", "seeds.num_items=1", "loop.rounds=1"),

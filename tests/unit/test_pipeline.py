@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from sage_rl import pipeline, pipeline_stages
@@ -100,11 +101,20 @@ def test_index_slice_keeps_questions_answerable_and_seeds_exclude_held_out_evide
     commands = []
     monkeypatch.setattr(Console, "run", lambda self, cmd, *a, **k: commands.append(cmd))
     cfg = PipelineConfig()
-    cfg.index.warmstart_questions, cfg.index.eval_questions, cfg.index.distractors = 3, 2, 5
+    cfg.index.warmstart_questions, cfg.index.train_questions, cfg.index.eval_questions = 3, 4, 2
+    cfg.index.distractors = 5
+    with pytest.raises(ValueError, match="has 300 questions"):
+        cfg.index.train_questions = 400
+        pipeline_stages.index(Job(cfg, tmp_path, Console(False)))
+    cfg.index.train_questions = 4
     record = pipeline_stages.index(Job(cfg, tmp_path, Console(False)))
     corpus = {r["id"] for r in read_jsonl(record["corpus"])}
     seeds = {r["id"] for r in read_jsonl(record["seeds"])}
-    used = embedded_questions("train")[:3] + embedded_questions("test")[:2]
+    used = embedded_questions("train")[:7] + embedded_questions("test")[:2]
+    # GRPO trains on the 4 train questions after the warm-start's, every one answerable from the slice
+    train = pd.read_parquet(record["train_file"])
+    assert list(train.extra_info.map(lambda e: e["qid"])) == [q["id"] for q in embedded_questions("train")[3:7]]
+    assert "<search>" in train.prompt[0][0]["content"]
     assert {d for q in used for d in q["supporting_doc_ids"]} <= corpus and len(corpus) == record["docs"]
     held_out = {d for q in embedded_questions("test")[:2] for d in q["supporting_doc_ids"]}
     assert seeds == corpus - held_out  # no SAGE question is built on an evaluation question's evidence
@@ -132,7 +142,7 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
     monkeypatch.setattr(pipeline_stages, "served_model", fake_served)
     monkeypatch.setattr(Console, "run", fake_run)
     monkeypatch.setattr(Job, "retrieval", lambda self: "http://127.0.0.1:8")
-    _record(tmp_path, "index", {"seeds": "/s/seeds.jsonl"})
+    _record(tmp_path, "index", {"seeds": "/s/seeds.jsonl", "train_file": "/i/train.parquet"})
     _record(tmp_path, "warmstart", {"model": "/m/warm"})
     _record(tmp_path, "generate", {"accepted": 0, "verl_parquet": "/g/verl.parquet"})
     (tmp_path / "train" / "pool").mkdir(parents=True)  # a previous attempt's pool: training restarts, so does it
@@ -140,7 +150,8 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
     cfg.train.recipe, cfg.generate.overrides = recipe, ["seeds.num_items=2"]
     result = pipeline_stages.train(Job(cfg, tmp_path, Console(verbose=False)))
     (cmd,) = commands
-    assert "actor_rollout_ref.model.path=/m/warm" in cmd and result["steps"][0]["pool"] == 3.0
+    assert "actor_rollout_ref.model.path=/m/warm" in cmd and "data.train_files=['/i/train.parquet']" in cmd
+    assert result["steps"][0]["pool"] == 3.0
     online = [c for c in cmd if c.startswith("online.")]
     if recipe == "grpo_search_smollm2_cpu":
         assert not served and not online and result["online"] is False
