@@ -122,14 +122,17 @@ def write_report(job: Job) -> Path:
         keys = [k for k in ("reward", "acc", "searches", "answered") if any(k in s for s in steps)]
         curve = _plot(out / "training.png", {k: [(s["step"], s[k]) for s in steps if k in s] for k in keys},
                       "GRPO training", "step")
-        lines += ["## Training", "", f"Data: {', '.join(f'`{Path(f).name}`' for f in r['train_files'])}. "
-                  "One row per step (reward: the step-aware score; acc: exact match; answered: share of "
-                  "trajectories that ended in an answer).", "",
-                  "| step | " + " | ".join(["reward", "acc", "searches", "answered", "step_s"]) + " |",
-                  "|---" * 6 + "|"]
+        data = ", ".join(f"`{Path(f).name}`" for f in r["train_files"])
+        if r.get("online"):
+            data = (f"online: part of each batch from the question pool a SAGE producer (the warm-started model) "
+                    f"filled during training (`{r.get('pool')}`), the rest from {data}")
+        columns = ["reward", "acc", "searches", "answered", "step_s"] + (["pool"] if r.get("online") else [])
+        lines += ["## Training", "", f"Data: {data}. One row per step (reward: the step-aware score; acc: exact "
+                  "match; answered: share of trajectories that ended in an answer"
+                  + ("; pool: questions in the pool" if r.get("online") else "") + ").", "",
+                  "| step | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for s in steps:
-            lines.append(f"| {s['step']} | " + " | ".join(f"{s[k]:.3g}" if k in s else "-" for k in
-                                                          ("reward", "acc", "searches", "answered", "step_s")) + " |")
+            lines.append(f"| {s['step']} | " + " | ".join(f"{s[k]:.3g}" if k in s else "-" for k in columns) + " |")
         lines += ["", f"![training curves]({curve.name})", ""] if curve else [""]
 
     if r := records["eval"]:

@@ -115,7 +115,7 @@ def train(job: Job) -> dict:
             extra = [f"online.generate_recipe={job.cfg.generate.recipe}", f"online.generate_overrides=[{settings}]",
                      f"online.pool.folder={job.out / 'train' / 'pool'}"]
         result = _train(job, extra)
-    return {**result, "online": online}
+    return {**result, "online": online, **({"pool": str(job.out / "train" / "pool")} if online else {})}
 
 
 def _is_online(cfg: CommandStage) -> bool:

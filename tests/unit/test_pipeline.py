@@ -93,6 +93,12 @@ def test_report_has_every_section_with_intervals(tmp_path):
     assert "| warmstart | hotpotqa-test | 10 | 0.200 | [0.057, 0.510] |" in text
     assert "- hotpotqa-test: the trained model scores above its warm-start, within noise (EM 0.300 vs 0.200" in text
     assert (tmp_path / "training.png").is_file() and (tmp_path / "warmstart_loss.png").is_file()
+    # An online run says where its questions came from and shows the pool's size per step.
+    _record(tmp_path, "train", {"train_files": ["/x/train.parquet"], "online": True, "pool": "/run/train/pool",
+                                "steps": [{"step": 1, "reward": 0.1, "step_s": 60.0, "pool": 2.0}]})
+    text = write_report(Job(PipelineConfig(), tmp_path, Console(False))).read_text()
+    assert "Data: online: part of each batch from the question pool" in text and "`/run/train/pool`" in text
+    assert "| step | reward | acc | searches | answered | step_s | pool |" in text and "| 1 | 0.1 | - |" in text
 
 
 def test_index_slice_keeps_questions_answerable_and_seeds_exclude_held_out_evidence(tmp_path, monkeypatch):
