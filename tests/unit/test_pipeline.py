@@ -19,6 +19,22 @@ def test_quickstart_recipe_loads_typed():
         load_pipeline_config("quickstart_cpu", ["run.stages=[index,trian]"])
 
 
+def test_quickstart_generation_verifies_with_the_training_episode():
+    """SAGE accepts a pair the solver answers with >= S searches: the quickstart's solver is the policy's episode
+    (budget, passages, turn length), and S stays within that budget."""
+    from sage_rl.generate.config import load_generate_config
+    from sage_rl.train.launch import load_train_config
+    from sage_rl.train.search_agent_loop import SearchAgentConfig
+
+    cfg = load_pipeline_config("quickstart_cpu")
+    gen = load_generate_config(cfg.generate.recipe, list(cfg.generate.overrides))
+    train = load_train_config(cfg.train.recipe, list(cfg.train.overrides))
+    episode = SearchAgentConfig.from_trainer_config(train).episode
+    assert (gen.solver.max_searches, gen.solver.max_obs_tokens) == (episode.max_searches, episode.max_obs_tokens)
+    assert gen.solver.llm.max_tokens == train.search_agent.max_turn_tokens
+    assert gen.seeds.max_steps <= episode.max_searches
+
+
 def test_finished_stages_are_skipped_and_redo_reruns_one(tmp_path, monkeypatch, capsys):
     calls = []
     for stage in pipeline.STAGES:
