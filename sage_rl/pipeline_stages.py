@@ -111,11 +111,21 @@ def train(job: Job) -> dict:
             shutil.rmtree(job.out / "train" / "pool", ignore_errors=True)  # training restarts, so does its pool
             url = stack.enter_context(served_model(job, job.need("warmstart")["model"], "smollm2",
                                                    job.out / "logs" / "train_producer_vllm.log"))
-            settings = ",".join(f"'{o}'" for o in _generate_settings(job, url, job.retrieval()))
+            producer = [*_generate_settings(job, url, job.retrieval()), *_producer_seeds(job)]
+            settings = ",".join(f"'{o}'" for o in producer)
             extra = [f"online.generate_recipe={job.cfg.generate.recipe}", f"online.generate_overrides=[{settings}]",
                      f"online.pool.folder={job.out / 'train' / 'pool'}"]
         result = _train(job, extra)
     return {**result, "online": online, **({"pool": str(job.out / "train" / "pool")} if online else {})}
+
+
+def _producer_seeds(job: Job) -> list[str]:
+    """The producer's seeds: other passages than the generate stage's (the next seed), and as many items as
+    the job has static training questions (a producer stops when its seeds are used up)."""
+    from sage_rl.generate.config import load_generate_config
+
+    seed = load_generate_config(job.cfg.generate.recipe, list(job.cfg.generate.overrides)).seeds.seed
+    return [f"seeds.seed={seed + 1}", f"seeds.num_items={job.cfg.index.train_questions}"]
 
 
 def _is_online(cfg: CommandStage) -> bool:

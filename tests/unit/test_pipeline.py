@@ -182,6 +182,7 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
         assert not (tmp_path / "train" / "pool").exists()
         assert f"online.pool.folder={tmp_path / 'train' / 'pool'}" in online
         (producer,) = [c for c in online if c.startswith("online.generate_overrides=")]
+        assert producer.endswith("'seeds.seed=1','seeds.num_items=64']")  # not the generate stage's seeds
         for setting in ("seeds.corpus=/s/seeds.jsonl", "retrieval.url=http://127.0.0.1:8", "seeds.num_items=2",
                         "generator.llm.base_url=http://127.0.0.1:9/v1", "solver.llm.base_url=http://127.0.0.1:9/v1"):
             assert f"'{setting}'" in producer, producer
