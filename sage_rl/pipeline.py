@@ -240,7 +240,9 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         for stage in STAGES:
             if stage not in cfg.run.stages:
                 continue
-            if stage not in cfg.run.redo and (record := job.done(stage)) is not None:
+            # The report is rewritten whenever it is selected: it reads every other stage's record, and a
+            # stage before it may just have run.
+            if stage != "report" and stage not in cfg.run.redo and (record := job.done(stage)) is not None:
                 job.console.line(f"[{stage}] done before ({record['seconds']:.0f} s); skipped")
                 continue
             job.console.line(f"[{stage}] ...")

@@ -48,6 +48,10 @@ def test_finished_stages_are_skipped_and_redo_reruns_one(tmp_path, monkeypatch, 
     cfg.run.redo = ["warmstart"]
     run_pipeline(cfg)
     assert calls == ["index", "warmstart", "warmstart"]
+    cfg.run.redo, cfg.run.stages = [], ["index", "report"]
+    run_pipeline(cfg)
+    run_pipeline(cfg)
+    assert calls[3:] == ["report", "report"]  # the report always reflects the records as they are now
     assert "[index] done before" in capsys.readouterr().out
 
 
