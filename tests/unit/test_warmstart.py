@@ -66,6 +66,9 @@ def test_gold_solver_searches_the_question_then_the_missing_paragraph():
     assert '<information>Doc 1(Title: "Tinted Windows (band)")' in t.turns[1].observation
     assert answer_in_evidence(ex, "Tulsa")
     assert t.prompt == protocol.search_prompt(Q_BRIDGE.question)
+    # Each search turn counts the budget, so the turn after "2 of 2" is visibly the answer.
+    budget = POLICY.max_searches
+    assert [turn.text.split(":")[0] for turn in t.turns[:2]] == [f"<think> Search {k} of {budget}" for k in (1, 2)]
 
 
 def test_solver_row_trains_on_turns_not_observations():
