@@ -28,7 +28,7 @@ from sage_rl import protocol
 from sage_rl.assets import EMBEDDED_CORPUS, embedded_questions, read_jsonl
 from sage_rl.llm import OpenAIChatModel
 from sage_rl.models import model_path
-from sage_rl.serving import vllm_server
+from sage_rl.serving import CPU_SERVING_ENV, vllm_server
 
 CONFIGS = {
     "fp32, default binding": (["--dtype", "float32"], {}),
@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     model = args.model or str(model_path("smollm2"))
     prompts = requests(args.requests)
-    base_env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}  # CPU_SERVING_ENV minus the knob
+    base_env = {k: v for k, v in CPU_SERVING_ENV.items() if k != "VLLM_CPU_NUM_OF_RESERVED_CPU"}  # the knob varies
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label in args.configs:

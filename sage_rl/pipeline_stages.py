@@ -104,19 +104,24 @@ def train(job: Job) -> dict:
     pool that a SAGE producer fills during training: the warm-started model is served for it as in the
     generate stage, with the same seeds and generate overrides, and the pool lives in `<run>/train/pool`.
     """
+    pool = job.out / "train" / "pool"
     with contextlib.ExitStack() as stack:
         online = _is_online(job.cfg.train)
         extra: list[str] = []
         if online:
-            shutil.rmtree(job.out / "train" / "pool", ignore_errors=True)  # training restarts, so does its pool
+            shutil.rmtree(pool, ignore_errors=True)  # training restarts, so does its pool
             url = stack.enter_context(served_model(job, job.need("warmstart")["model"], "smollm2",
                                                    job.out / "logs" / "train_producer_vllm.log"))
             producer = [*_generate_settings(job, url, job.retrieval()), *_producer_seeds(job)]
-            settings = ",".join(f"'{o}'" for o in producer)
-            extra = [f"online.generate_recipe={job.cfg.generate.recipe}", f"online.generate_overrides=[{settings}]",
-                     f"online.pool.folder={job.out / 'train' / 'pool'}"]
+            extra = [f"online.generate_recipe={job.cfg.generate.recipe}",
+                     f"online.generate_overrides={_hydra_list(producer)}", f"online.pool.folder={pool}"]
         result = _train(job, extra)
-    return {**result, "online": online, **({"pool": str(job.out / "train" / "pool")} if online else {})}
+    return {**result, "online": online, **({"pool": str(pool)} if online else {})}
+
+
+def _hydra_list(items: list[str]) -> str:
+    """A Hydra override value for a list of strings, each quoted (they hold `=`, `:` and `/`)."""
+    return "[" + ",".join(f"'{i}'" for i in items) + "]"
 
 
 def _producer_seeds(job: Job) -> list[str]:
@@ -141,7 +146,6 @@ def _train(job: Job, extra: list[str]) -> dict:
     files = [job.need("index")["train_file"]]
     if generated["accepted"] and Path(generated["verl_parquet"]).is_file():
         files.insert(0, generated["verl_parquet"])
-    quoted = ",".join(f"'{f}'" for f in files)
     out = job.out / "train"
     steps: list[dict] = []
 
@@ -152,7 +156,7 @@ def _train(job: Job, extra: list[str]) -> dict:
             job.console.line("  step " + str(step) + ": " + "  ".join(f"{k} {v:.3g}" for k, v in values.items()))
 
     cmd = job.sage_rl("train", "--config-name", cfg.recipe, f"actor_rollout_ref.model.path={model}",
-                      f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files=[{quoted}]",
+                      f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files={_hydra_list(files)}",
                       f"trainer.default_local_dir={out / 'checkpoints'}", "trainer.resume_mode=disable", *extra,
                       *cfg.overrides)
     job.console.run(cmd, job.log("train"), "GRPO training", on_line=on_line, bar="Training Progress")

@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from sage_rl.serving import CPU_SERVING_ENV
+
 logger = logging.getLogger(__name__)
 
 PLATFORM_NAME = "cpu"
@@ -45,7 +47,8 @@ ENV_DEFAULTS = {
     "VERL_ENGINE_DEVICE": "cuda",
     "VLLM_TARGET_DEVICE": "cpu",
     "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",   # rollouts on every core (sage_rl.serving.CPU_SERVING_ENV)
+    # rollouts on every core, as the CPU recipes serve models
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": CPU_SERVING_ENV["VLLM_CPU_NUM_OF_RESERVED_CPU"],
 }
 
 
