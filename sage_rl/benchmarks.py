@@ -12,6 +12,11 @@ A benchmark's name in metrics (verl's `data_source`) is its shipped name, or for
     python -m sage_rl.benchmarks list
     python -m sage_rl.benchmarks convert --format r1searcher r1_searcher/musique_500.jsonl musique-500.jsonl
     python -m sage_rl.benchmarks convert --format deepresearcher --source nq deepresearcher_test.jsonl dr-nq.jsonl
+    python -m sage_rl.benchmarks verl musique-500.jsonl data/val/musique-500.parquet
+    python -m sage_rl.benchmarks verl --split train nq.jsonl data/train/nq.parquet
+
+The same format carries training questions (Search-R1's NQ + HotpotQA train files are FlashRAG jsonl): `verl
+--split train` writes them as verl training parquet with the search prompt, the rows the validation files have.
 """
 
 from __future__ import annotations
@@ -417,6 +422,25 @@ CONVERTERS: dict[str, Callable[[str | Path], list[BenchmarkItem]]] = {
 }
 
 
+def training_parquet(name_or_path: str | Path, output: str | Path) -> Path:
+    """A question file in this format as verl *training* parquet: the search prompt, `data_source` = the set's name.
+
+    The rows are the validation parquet's (`sage_rl.datasets.benchmark_parquet`) with `extra_info.split = "train"`,
+    so a set reads the same in training and in validation. Written straight to `output`, not through the cache:
+    training sets are large and read once. The shipped benchmarks
+    are evaluation sets and are refused, so a recipe cannot train on what it reports.
+    """
+    from sage_rl.datasets import PROMPTS, verl_row, write_verl_parquet
+
+    if str(name_or_path) in SHIPPED:
+        raise ValueError(f"{name_or_path!r} is a shipped evaluation set; refusing to write it as training data")
+    name = data_source_name(name_or_path)
+    items = load_benchmark(benchmark_path(name_or_path))
+    rows = (verl_row({"question": it.question, "golden_answers": list(it.golden_answers), "id": it.id,
+                      "split": "train"}, i, name, PROMPTS["search"]) for i, it in enumerate(items))
+    return write_verl_parquet(rows, output)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m sage_rl.benchmarks {list, convert, verl}`."""
     parser = argparse.ArgumentParser(prog="python -m sage_rl.benchmarks", description=__doc__.splitlines()[0])
@@ -429,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     conv.add_argument("input", type=Path)
     conv.add_argument("output", type=Path, help="the benchmark file (.jsonl or .jsonl.gz); its name is the set's")
     verl = sub.add_parser("verl", help="a benchmark as verl validation parquet (search prompt, named after the set)")
+    verl.add_argument("--split", choices=["train"], default=None,
+                      help="train: write training parquet (extra_info.split=train; shipped evaluation sets refused)")
     verl.add_argument("benchmark", help="a shipped name or a benchmark jsonl path")
     verl.add_argument("output", type=Path, help="the parquet file to write")
     args = parser.parse_args(argv)
@@ -439,8 +465,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sage_rl.datasets import benchmark_parquet
 
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(benchmark_parquet(args.benchmark), args.output)
-        print(f"{args.output}: data_source {data_source_name(args.benchmark)!r}")  # noqa: T201
+        if args.split == "train":
+            training_parquet(args.benchmark, args.output)
+        else:
+            shutil.copyfile(benchmark_parquet(args.benchmark), args.output)
+        print(f"{args.output}: {args.split or 'validation'} data, data_source "  # noqa: T201
+              f"{data_source_name(args.benchmark)!r}")
         return 0
     if args.command == "list":
         for name in SHIPPED:

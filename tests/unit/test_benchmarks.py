@@ -342,3 +342,51 @@ def test_python_dash_m_entry_point(tmp_path):
     cmd = [sys.executable, "-m", "sage_rl.benchmarks", "convert", "--format", "frames", str(source), str(out)]
     subprocess.run(cmd, check=True, capture_output=True)
     assert load_benchmark(out) == from_frames(source)
+
+
+# --- training parquet (`verl --split train`): Search-R1's NQ + HotpotQA files --------------------------------------
+
+TRAIN_FIXTURES = Path(__file__).resolve().parents[1] / "assets" / "train"
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+@pytest.mark.parametrize("name", ["nq", "hotpotqa"])
+def test_cli_writes_flashrag_training_files_as_search_prompt_parquet(tmp_path, name, capsys):
+    """FlashRAG train file -> convert -> verl --split train: the rows Search-R1's qa_search_train_merge.py makes."""
+    from sage_rl.protocol import search_prompt
+
+    bench = tmp_path / f"{name}.jsonl"
+    main(["convert", "--format", "flashrag", str(TRAIN_FIXTURES / f"{name}.jsonl"), str(bench)])
+    out = tmp_path / "train" / f"{name}.parquet"
+    assert main(["verl", "--split", "train", str(bench), str(out)]) == 0
+    assert f"train data, data_source '{name}'" in capsys.readouterr().out
+    rows, items = _parquet_rows(out), load_benchmark(bench)
+    assert [r["extra_info"]["qid"] for r in rows] == [i.id for i in items]
+    for i, (row, item) in enumerate(zip(rows, items, strict=True)):
+        assert row["data_source"] == name
+        assert row["prompt"] == [{"role": "user", "content": search_prompt(item.question)}]
+        assert row["reward_model"]["ground_truth"]["target"] == list(item.golden_answers)
+        assert row["extra_info"]["split"] == "train" and row["extra_info"]["index"] == i
+
+
+def test_training_rows_are_the_validation_rows_but_for_the_split(tmp_path):
+    """One set reads the same in training and in validation, so train/val metrics are comparable."""
+    bench = tmp_path / "nq.jsonl"
+    main(["convert", "--format", "flashrag", str(TRAIN_FIXTURES / "nq.jsonl"), str(bench)])
+    main(["verl", "--split", "train", str(bench), str(tmp_path / "train.parquet")])
+    main(["verl", str(bench), str(tmp_path / "val.parquet")])
+    train, val = _parquet_rows(tmp_path / "train.parquet"), _parquet_rows(tmp_path / "val.parquet")
+    assert [r["extra_info"].pop("split") for r in train] == ["train"] * 3
+    assert [r["extra_info"].pop("split") for r in val] == [""] * 3
+    assert train == val
+
+
+def test_training_parquet_refuses_a_shipped_evaluation_set(tmp_path):
+    with pytest.raises(ValueError, match="'bamboogle' is a shipped evaluation set"):
+        main(["verl", "--split", "train", "bamboogle", str(tmp_path / "b.parquet")])
+    assert not (tmp_path / "b.parquet").exists()
