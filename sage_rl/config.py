@@ -66,11 +66,24 @@ def register_resolvers() -> None:
 
 
 def recipes_dir() -> Path:
-    """`$SAGE_RL_RECIPES`, else the `recipes/` folder of this checkout, else `./recipes`."""
-    if os.environ.get("SAGE_RL_RECIPES"):
-        return Path(os.environ["SAGE_RL_RECIPES"]).expanduser().resolve()
-    repo = Path(__file__).resolve().parents[1] / "recipes"
-    return repo if repo.is_dir() else Path.cwd() / "recipes"
+    """The folder of recipe groups (`train/`, `eval/`, ...): `$SAGE_RL_RECIPES`, else the `recipes/` folder of
+    this checkout (so edits to the repo's recipes take effect in an editable install), else the copy a wheel
+    ships as `sage_rl/recipes` (setup.py). Never the current directory: a stray `./recipes` must not be
+    picked up silently, so a missing folder is an error naming the places looked at."""
+    if env := os.environ.get("SAGE_RL_RECIPES"):
+        path = Path(env).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(f"SAGE_RL_RECIPES={env} is not a folder of recipes")
+        return path
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    # setup.py marks a source checkout; without it, `<site-packages>/recipes` could be another project's folder.
+    if (checkout / "setup.py").is_file() and (checkout / "recipes").is_dir():
+        return checkout / "recipes"
+    if (package / "recipes").is_dir():
+        return package / "recipes"
+    raise FileNotFoundError(f"no sage_rl recipes: looked for {checkout / 'recipes'} (source checkout) and "
+                            f"{package / 'recipes'} (installed package); set SAGE_RL_RECIPES to a recipes folder")
 
 
 def compose(config_dir: str | Path, config_name: str, overrides: list[str] | None = None) -> DictConfig:
