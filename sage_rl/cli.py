@@ -6,6 +6,8 @@
     sage-rl warmstart --config-name smollm2_cpu [hydra overrides ...]
     sage-rl pipeline --config-name quickstart_cpu [--verbose] [hydra overrides ...]
     sage-rl models prepare [embedder|smollm2|tiny-qwen2 ...]
+    sage-rl recipes ls [GROUP]
+    sage-rl recipes cp GROUP/NAME DEST [--force]
 """
 
 from __future__ import annotations
@@ -110,6 +112,35 @@ def _cmd_models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes_ls(args: argparse.Namespace) -> int:
+    from sage_rl.config import recipes_dir
+    from sage_rl.recipe_files import list_recipes
+
+    try:
+        recipes = list_recipes(args.group)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from e
+    width = max((len(f"{r.group}/{r.name}") for r in recipes), default=0)
+    print(f"# recipes in {recipes_dir()}")  # noqa: T201 - where `cp` copies from and SAGE_RL_RECIPES points
+    for r in recipes:
+        print(f"{r.group}/{r.name}".ljust(width + 2) + r.description)  # noqa: T201
+    return 0
+
+
+def _cmd_recipes_cp(args: argparse.Namespace) -> int:
+    from sage_rl.recipe_files import copy_recipe
+
+    try:
+        written = copy_recipe(args.recipe, args.dest, force=args.force)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    for path in written:
+        print(f"copied {path}")  # noqa: T201
+    group = args.recipe.partition("/")[0]
+    print(f"run it with: sage-rl {group} --config-path {written[0].parent} --config-name {written[0].stem}")  # noqa: T201
+    return 0
+
+
 def _recipe_command(sub, name: str, help: str, example_recipe: str, example_overrides: str,  # noqa: A002
                     func) -> argparse.ArgumentParser:
     """A `sage-rl <name> --config-name <recipe> [overrides]` command; recipes live in recipes/<name>."""
@@ -143,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = models_sub.add_parser("prepare", help="convert/build the default models once and print their paths")
     prepare.add_argument("names", nargs="*", help="embedder, smollm2, tiny-qwen2 (default: all)")
     prepare.set_defaults(func=_cmd_models_prepare)
+
+    recipes = sub.add_parser("recipes", help="list the shipped recipes or copy one to edit")
+    recipes_sub = recipes.add_subparsers(dest="recipes_command", required=True)
+    ls = recipes_sub.add_parser("ls", help="list recipes (GROUP/NAME and what each runs)")
+    ls.add_argument("group", nargs="?", default=None, help="one group: train, generate, eval, warmstart, pipeline")
+    ls.set_defaults(func=_cmd_recipes_ls)
+    cp = recipes_sub.add_parser("cp", help="copy a recipe and the files its defaults list names",
+                                description="Copy a recipe to DEST (a .yaml file or a folder) with the shared files "
+                                            "its `defaults:` list names (e.g. cpu/tiny.yaml), so that "
+                                            "`--config-path <DEST folder>` composes the copy.")
+    cp.add_argument("recipe", help="GROUP/NAME, e.g. train/grpo_tiny_cpu (see `sage-rl recipes ls`)")
+    cp.add_argument("dest", help="file (ending in .yaml) or folder to copy to")
+    cp.add_argument("--force", action="store_true", help="overwrite existing files")
+    cp.set_defaults(func=_cmd_recipes_cp)
     return parser
 
 
