@@ -3,12 +3,16 @@
 - only `sage_rl/train/` imports verl, in sage_rl and in the retrieval server;
 - the retrieval server and sage_rl share nothing but the HTTP contract: `retrieval_server` never imports
   `sage_rl`, and `sage_rl` imports nothing of `retrieval_server` but the contract's client,
-  `retrieval_server.client`, which must stay cheap to import (no torch, FAISS, FastAPI, ...).
+  `retrieval_server.client`, which must stay cheap to import (no torch, FAISS, FastAPI, ...);
+- the retrieval server installs alone (`retrieval_server/pyproject.toml`, the `sage-rl-retrieval` distribution):
+  every third-party module it imports is one of that distribution's requirements (so never vLLM, verl or
+  sage_rl), and what only an extra provides (Ray) is imported inside functions.
 
 Imports are read from the syntax tree, so lazy imports inside functions count too.
 """
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +105,38 @@ def test_client_import_pulls_no_heavy_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# Import name -> distribution name, where they differ by more than `_` vs `-`.
+DISTRIBUTION_OF = {"faiss": "faiss-cpu", "yaml": "pyyaml"}
+
+
+def _retrieval_requirements() -> tuple[set[str], set[str]]:
+    """(always installed, only with an extra) distribution names of `retrieval_server/pyproject.toml`."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    project = tomllib.loads((ROOT / "retrieval_server" / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+    extras = set().union(*(names(r) for r in project.get("optional-dependencies", {}).values()))
+    return names(project["dependencies"]), extras
+
+
+def _third_party(names: set[str]) -> set[str]:
+    tops = {n.split(".")[0] for n in names}
+    return {DISTRIBUTION_OF.get(t, t.replace("_", "-")) for t in tops
+            if t not in sys.stdlib_module_names and t != "retrieval_server"}
+
+
+@pytest.mark.parametrize("path", _files("retrieval_server"), ids=_id)
+def test_retrieval_server_imports_only_its_distributions_requirements(path: Path) -> None:
+    base, extras = _retrieval_requirements()
+    anywhere = _third_party(_file_imports(path))
+    assert anywhere <= base | extras, f"{_id(path)} imports {anywhere - base - extras}; not required by the package"
+    body = ast.parse(path.read_text(), filename=str(path)).body
+    eager = {a.name for n in body if isinstance(n, ast.Import) for a in n.names}
+    eager |= {n.module for n in body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    module_level = _third_party(eager)
+    assert module_level <= base, f"{_id(path)} imports the optional {module_level - base} at module level"
