@@ -55,7 +55,7 @@ class SamplingConfig:
     # `inline`: one growing assistant message the server continues (the text a verl-trained policy saw);
     # `messages`: observations as user messages (any chat API, e.g. a hosted one).
     transcript: str = "inline"
-    max_concurrency: int = 16  # episodes in flight
+    max_concurrency: int = 16  # requests in flight to the model; the evaluator keeps twice as many episodes open
     timeout_s: float = 300.0
     max_retries: int = 3
 
