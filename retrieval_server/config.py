@@ -53,6 +53,12 @@ class BuildConfig(BaseModel):
     embeddings_cache: Path | None = Field(
         None, description="Folder caching passage embeddings keyed by (model, prefixes, corpus checksum)"
     )
+    shards: int = Field(
+        0, ge=0, description="> 0: encode in this many shards (resumable; per-shard files merged into one index)"
+    )
+    ray_encoders: int = Field(
+        0, ge=0, description="With shards: encode on this many Ray actors (RAY_ADDRESS=auto: a cluster); 0 = here"
+    )
 
 
 class LimitsConfig(BaseModel):
@@ -139,6 +145,9 @@ class ServeConfig(BaseModel):
     hnsw_ef_search: int = Field(128, ge=1, description="efSearch for HNSW indexes")
     ivf_nprobe: int = Field(16, ge=1, description="nprobe for IVF indexes")
     ray_replicas: int = Field(0, ge=0, description="> 0: run this many replicas under Ray Serve")
+    ray_max_replicas_per_node: int | None = Field(
+        None, ge=1, description="Ray Serve's max_replicas_per_node (1: one replica per node); None: Serve's soft spread"
+    )
 
     @model_validator(mode="after")
     def _check_retriever(self) -> ServeConfig:

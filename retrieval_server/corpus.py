@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import mmap
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,23 +81,47 @@ def corpus_stats(path: Path) -> tuple[str, int]:
 
 
 class DocStoreWriter:
-    """Appends rows to `docs.jsonl` and records their offsets; memory is 8 bytes per row."""
+    """Appends rows to `docs.jsonl` and their offsets to a scratch file; memory stays one buffer, any corpus size.
+
+    A Python list of offsets cost ~36 bytes a row (0.75 GB for wiki-18's 21M rows); the offsets now go to
+    disk as they come and `close` writes `offsets.npy` byte-identical to `np.save` of the same array.
+    """
+
+    _FLUSH_ROWS = 65_536
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
         self._f = open(self.out_dir / DOCS_FILE, "wb")  # noqa: SIM115
-        self._offsets: list[int] = [0]
+        self._offsets_tmp = open(self.out_dir / (OFFSETS_FILE + ".tmp"), "w+b")  # noqa: SIM115
+        self._pending: list[int] = [0]
+        self._end = 0
+        self._rows = 0
 
     def add(self, passage: Passage) -> None:
         line = orjson.dumps({"id": passage.id, "contents": passage.contents}) + b"\n"
         self._f.write(line)
-        self._offsets.append(self._offsets[-1] + len(line))
+        self._end += len(line)
+        self._rows += 1
+        self._pending.append(self._end)
+        if len(self._pending) >= self._FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._offsets_tmp.write(np.asarray(self._pending, dtype=np.int64).tobytes())
+        self._pending = []
 
     def close(self) -> int:
         """Flush files; returns the number of rows written."""
         self._f.close()
-        np.save(self.out_dir / OFFSETS_FILE, np.asarray(self._offsets, dtype=np.int64))
-        return len(self._offsets) - 1
+        self._flush()
+        header = {"descr": np.dtype(np.int64).str, "fortran_order": False, "shape": (self._rows + 1,)}
+        with open(self.out_dir / OFFSETS_FILE, "wb") as out:
+            np.lib.format.write_array_header_1_0(out, header)
+            self._offsets_tmp.seek(0)
+            shutil.copyfileobj(self._offsets_tmp, out, 1 << 20)
+        self._offsets_tmp.close()
+        (self.out_dir / (OFFSETS_FILE + ".tmp")).unlink()
+        return self._rows
 
 
 class DocStore:
