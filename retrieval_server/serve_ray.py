@@ -5,8 +5,12 @@ index once and runs its own micro-batcher. Nothing here balances load itself.
 
 Multi-node: start a Ray cluster (`ray start --head` on one node, `ray start --address=<head>:6379` on the
 others), make the index directory readable at the same path on every node, then on the head run
-`RAY_ADDRESS=auto python -m retrieval_server serve --index DIR --ray-replicas N --host 0.0.0.0`.
-Without RAY_ADDRESS a local Ray instance is started (and stopped on exit).
+`RAY_ADDRESS=auto python -m retrieval_server serve --index DIR --ray-replicas N --host 0.0.0.0`
+(`ray job submit` sets RAY_ADDRESS itself). Serve's default placement only prefers spreading replicas;
+`--ray-max-replicas-per-node 1` makes one replica per node a hard rule. Serve runs an HTTP proxy on the
+head and on every node holding a replica, each bound to `--host`: the loopback default keeps the URL
+private to each of those nodes, so clients on other nodes need `--host 0.0.0.0` (or the node's address).
+Without RAY_ADDRESS a private local Ray instance is started (and stopped on exit).
 """
 
 from __future__ import annotations
@@ -52,13 +56,16 @@ def deploy(cfg: ServeConfig, num_cpus_per_replica: float = 1.0) -> str:
     from ray import serve
 
     if not ray.is_initialized():
-        # "local" starts a private instance instead of attaching to whatever cluster happens to run here.
-        address = os.environ.get("RAY_ADDRESS", "local")
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+        address = os.environ.get("RAY_ADDRESS")
+        if address:  # an existing cluster (`ray start`, `ray job submit`): a dashboard is the cluster's business
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:  # "local" starts a private instance instead of attaching to whatever cluster happens to run here
+            ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    app = _deployment_class().options(
-        num_replicas=cfg.ray_replicas, ray_actor_options={"num_cpus": num_cpus_per_replica}
-    ).bind(cfg.model_dump_json())
+    options: dict = {"num_replicas": cfg.ray_replicas, "ray_actor_options": {"num_cpus": num_cpus_per_replica}}
+    if cfg.ray_max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = cfg.ray_max_replicas_per_node
+    app = _deployment_class().options(**options).bind(cfg.model_dump_json())
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{cfg.host}:{cfg.port}"
 
@@ -71,12 +78,19 @@ def run_ray_serve(cfg: ServeConfig) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # On a shared cluster, serve.shutdown() would also stop other people's Serve applications: remove only ours.
+    attached = bool(os.environ.get("RAY_ADDRESS"))
+    deployed = False
     try:
         url = deploy(cfg)
+        deployed = True
         print(f"retrieval server ready at {url} ({cfg.ray_replicas} Ray Serve replicas)", flush=True)  # noqa: T201
         while not stop.is_set():
             time.sleep(0.2)
     finally:
-        serve.shutdown()
+        if not attached:
+            serve.shutdown()
+        elif deployed:
+            serve.delete(APP_NAME)
         ray.shutdown()
     return 0
