@@ -7,23 +7,13 @@ one recipe, or to a shared file, shows up here instead of silently making two ru
 """
 
 import pytest
-from omegaconf import OmegaConf
+from recipe_keys import composed_train_recipe
 
 from sage_rl.config import compose, recipes_dir
 
 
-def _flat(cfg, prefix: str = "") -> dict:
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _composed(name: str) -> dict:
-    return _flat(OmegaConf.to_container(compose(recipes_dir() / "train", name)))
+    return composed_train_recipe(name)
 
 
 def _differing(a: dict, b: dict) -> dict[str, tuple]:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from recipe_keys import composed_train_recipe
 
 from sage_rl.config import compose, recipes_dir
 
@@ -157,24 +158,14 @@ def test_paper_recipe_context_and_validation(paper_ppo):
     assert paper_ppo.trainer.v1.trainer_mode == "sage" and paper_ppo.reward_guard.max_judge_failure_share < 1
 
 
-def _flat(cfg, prefix: str = "") -> dict:
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 @pytest.mark.parametrize("size", ["3b", "7b"])
 def test_online_gpu_recipes_are_the_paper_run_plus_the_online_blocks(size):
     """Everything but the model, the step-aware reward, the online data source and the run's name is the paper's
     run, so the online recipes cannot drift from run.sh."""
     from sage_rl.online.config import OnlineConfig
 
-    paper = _flat(OmegaConf.to_container(compose(recipes_dir() / "train", "ppo_qwen2.5-3b_sage")))
-    online = _flat(OmegaConf.to_container(compose(recipes_dir() / "train", f"ppo_qwen2.5-{size}_sage_online")))
+    paper = composed_train_recipe("ppo_qwen2.5-3b_sage")
+    online = composed_train_recipe(f"ppo_qwen2.5-{size}_sage_online")
     differ = {k for k in paper.keys() | online.keys() if paper.get(k) != online.get(k)}
     allowed = {"actor_rollout_ref.model.path", "trainer.experiment_name", "reward.custom_reward_function.name",
                "reward.custom_reward_function.reward_kwargs.correctness",
