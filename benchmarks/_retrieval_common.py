@@ -35,6 +35,22 @@ def load_questions(n: int | None = None) -> list[dict]:
     return rows[:n] if n else rows
 
 
+def gold_recall(questions: list[dict], ranked_ids: list[list[str]]) -> tuple[float, float, float]:
+    """(recall@3, recall@10, both@10) of the gold supporting paragraphs, averaged over questions.
+
+    Recall@k = share of a question's `supporting_doc_ids` found in its first k `ranked_ids`; both@10 = share
+    of questions with every gold paragraph in the top 10.
+    """
+    r3 = r10 = both = 0.0
+    for q, ids in zip(questions, ranked_ids, strict=True):
+        gold = set(q["supporting_doc_ids"])
+        r3 += len(gold & set(ids[:3])) / len(gold)
+        r10 += len(gold & set(ids[:10])) / len(gold)
+        both += gold <= set(ids[:10])
+    n = len(questions)
+    return r3 / n, r10 / n, both / n
+
+
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:
     """Start `python -m retrieval_server serve` and return (process, url) once it says it is ready."""
     proc = subprocess.Popen(

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from _retrieval_common import HOTPOT_CORPUS, ensure_index, load_questions
+from _retrieval_common import HOTPOT_CORPUS, ensure_index, gold_recall, load_questions
 
 from retrieval_server.config import EncoderConfig
 from retrieval_server.corpus import DocStore
@@ -41,15 +41,8 @@ def main() -> None:
         for i in range(0, len(questions), 64):
             rows.extend(retriever.search([q["question"] for q in questions[i : i + 64]], 10).rows.tolist())
         seconds = time.perf_counter() - t
-        r3 = r10 = both = 0.0
-        for q, row in zip(questions, rows, strict=True):
-            ids = [store.get(r).id for r in row if r >= 0]
-            gold = set(q["supporting_doc_ids"])
-            r3 += len(gold & set(ids[:3])) / len(gold)
-            r10 += len(gold & set(ids[:10])) / len(gold)
-            both += gold <= set(ids[:10])
-        n = len(questions)
-        print(f"{kind:<10}{r3 / n:>10.3f}{r10 / n:>11.3f}{both / n:>9.3f}{seconds:>9.1f}")
+        r3, r10, both = gold_recall(questions, [[store.get(r).id for r in row if r >= 0] for row in rows])
+        print(f"{kind:<10}{r3:>10.3f}{r10:>11.3f}{both:>9.3f}{seconds:>9.1f}")
 
 
 if __name__ == "__main__":
