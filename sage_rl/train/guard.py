@@ -57,6 +57,8 @@ def rollout_metrics(extra_fields: Sequence[dict]) -> dict[str, float]:
     ...                      {"num_searches": 0, "policy_answer": None, "reward_extra_info": {"format_ok": 0.0}}])
     >>> m["sage/num_searches/mean"], m["sage/answered/share"], m["sage/judge_failed/share"]
     (1.0, 0.5, 1.0)
+    >>> rollout_metrics([{"generation_s": 3.0, "retrieval_s": 1.0}, {"generation_s": 5.0, "retrieval_s": 1.0}])
+    {'sage/rollout/retrieval_share': 0.2}
     """
     rows = [dict(f or {}) for f in extra_fields]
     rewards = [dict(r.get("reward_extra_info") or {}) for r in rows]
@@ -72,6 +74,10 @@ def rollout_metrics(extra_fields: Sequence[dict]) -> dict[str, float]:
         values = _values(rows, key)
         if values:
             out[f"sage/{key}/mean"] = sum(values) / len(values)
+    waits = [(float(r["generation_s"]), float(r["retrieval_s"])) for r in rows
+             if r.get("generation_s") is not None and r.get("retrieval_s") is not None]
+    if waits and (total := sum(g + t for g, t in waits)) > 0:  # share of rollout time spent waiting for /retrieve
+        out["sage/rollout/retrieval_share"] = sum(t for _, t in waits) / total
     if any("policy_answer" in r for r in rows):
         out["sage/answered/share"] = sum(r.get("policy_answer") is not None for r in rows) / len(rows)
     for key in ("acc", "step_factor", "budget_penalty", "target_steps"):  # the reward's components

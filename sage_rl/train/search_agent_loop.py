@@ -144,6 +144,10 @@ class SearchAgentLoop(AgentLoopBase):
                 "budget_exhausted": int(episode.budget_exhausted),
                 "end_reason": episode.end_reason or "length",
                 "qid": qid,  # the question's id: the online trainer reports outcomes per question
+                # Seconds waiting for the rollout server and for `/retrieve`: verl's v1 trainer does not log
+                # AgentLoopMetrics, so the step's retrieval share (sage/rollout/retrieval_share) comes from here.
+                "generation_s": metrics.generate_sequences,
+                "retrieval_s": metrics.tool_calls,
                 "turn_scores": [],
                 "tool_rewards": [],
             },

@@ -137,6 +137,7 @@ def test_search_rollouts_scored_by_the_shipped_judge_reward_and_guarded_through_
     # The retrieval server answered the policy's queries, and the searches were counted per trajectory.
     served = httpx.get(f"{retrieval_url}/health", timeout=5).json()
     assert served["queries"] > 0 and step1["sage/num_searches/mean"] > 0, (served, step1)
+    assert 0 < step1["sage/rollout/retrieval_share"] < 1, step1  # the agent loop's own timing reached the log
     # Step 1: answered trajectories were graded by the judge, none failed.
     assert step1["sage/answered/share"] > 0 and calls_while_up > 0 and step1["sage/judge_failed/share"] == 0.0, step1
     # The dumped rollouts hold real observations rendered by the protocol from the server's passages.

@@ -86,6 +86,7 @@ def test_search_then_answer_masks_the_observation(tokenizer):
     out = run(loop)
     assert retriever.queries == [(["capital of France"], 2)]
     assert out.extra_fields["num_searches"] == 1 and out.extra_fields["invalid_turns"] == 0
+    assert out.extra_fields["generation_s"] > 0 and out.extra_fields["retrieval_s"] > 0  # timed per trajectory
     assert out.extra_fields["policy_answer"] == "Paris" and out.extra_fields["end_reason"] == "answer"
     # verl's trainer needs the policy-version tags of the rollout server: first turn's min, last turn's max.
     assert out.extra_fields["min_global_steps"] == 1 and out.extra_fields["max_global_steps"] == 2
