@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,14 @@ class KilledEncoder(HashingEncoder):
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
+    environ = dict(os.environ)  # ray.init sets RAY_AUTH_MODE=token (and more) here; later tests must not inherit it
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")  # private: never a shared cluster
-    yield ray
-    ray.shutdown()
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,9 @@ def two_node_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str
     # Short path: Ray's unix sockets live under it (108-byte limit); RAY_TMPDIR also reaches every Ray child.
     ray_tmp = tempfile.mkdtemp(prefix="sage_mn_", dir="/tmp")
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    # An earlier in-process `ray.init()` leaves RAY_AUTH_MODE=token in os.environ: the raylets would then demand a
+    # token that the server subprocess (started with ENV) does not have. The cluster and its clients agree on none.
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     cluster = Cluster(shutdown_at_exit=True)
     try:
         cluster.add_node(num_cpus=2, resources={"node_a": 1}, include_dashboard=True, dashboard_port=free_port(),
