@@ -243,11 +243,10 @@ class _RayShardEncoder:
     def __init__(self, enc_cfg: EncoderConfig, n: int, chunk_size: int) -> None:
         import ray
 
+        from retrieval_server.serve_ray import connect_ray
+
         self._started_ray = not ray.is_initialized()
-        if self._started_ray:
-            # As in serve_ray: "local" starts a private instance instead of attaching to whatever runs here.
-            ray.init(address=os.environ.get("RAY_ADDRESS", "local"), logging_level=logging.WARNING,
-                     include_dashboard=False)  # fmt: skip
+        connect_ray()
         gpu = enc_cfg.device.startswith("cuda")
         resources = {"num_gpus": 1} if gpu else {"num_cpus": enc_cfg.torch_threads or 1}
         actor_cls = ray.remote(**resources)(_EncoderActor)

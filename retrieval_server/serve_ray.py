@@ -50,17 +50,24 @@ def _deployment_class():
     return RetrievalDeployment
 
 
+def connect_ray() -> None:
+    """Join the cluster RAY_ADDRESS names (`ray start`, `ray job submit` set it), else start a private local
+    instance instead of attaching to whatever cluster happens to run here; the serve and the sharded build share it."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address := os.environ.get("RAY_ADDRESS"):  # an existing cluster: its dashboard is the cluster's business
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
+
+
 def deploy(cfg: ServeConfig, num_cpus_per_replica: float = 1.0) -> str:
     """Start Ray Serve on cfg.host:cfg.port with cfg.ray_replicas replicas; returns the URL."""
-    import ray
     from ray import serve
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        if address:  # an existing cluster (`ray start`, `ray job submit`): a dashboard is the cluster's business
-            ray.init(address=address, logging_level=logging.WARNING)
-        else:  # "local" starts a private instance instead of attaching to whatever cluster happens to run here
-            ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
+    connect_ray()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     options: dict = {"num_replicas": cfg.ray_replicas, "ray_actor_options": {"num_cpus": num_cpus_per_replica}}
     if cfg.ray_max_replicas_per_node is not None:
