@@ -12,33 +12,17 @@ import itertools
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+from index_build import INDEX_FILES, CountingEncoder
 
 from retrieval_server.build import SHARDS_DIR, build_index
 from retrieval_server.config import BuildConfig, EncoderConfig, ServeConfig
-from retrieval_server.encoder import HashingEncoder
 from retrieval_server.server import Service
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-INDEX_FILES = ["dense.faiss", "docs.jsonl", "offsets.npy", "bm25/data.csc.index.npy", "bm25/vocab.index.json"]
 QUERIES = ["American football player born in Texas", "album released by a rock band", "river in Europe"]
-
-
-class KilledEncoder(HashingEncoder):
-    """Raises on passage-encoding call `fail_at` (the manifest's one-text probe is not counted)."""
-
-    def __init__(self, fail_at: int) -> None:
-        super().__init__(64)
-        self.calls, self.fail_at = 0, fail_at
-
-    def encode_passages(self, texts: list[str]) -> np.ndarray:
-        self.calls += len(texts) > 1
-        if self.calls == self.fail_at:
-            raise KeyboardInterrupt("killed")
-        return super().encode_passages(texts)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +68,7 @@ def test_ray_sharded_build_equals_single_process_and_resumes(ray_local, corpus: 
     # Killed during shard 2 (3 encoder calls of <= 20 rows per 50-row shard), resumed on the Ray actors.
     cfg = _cfg(corpus, tmp_path / "resumed", shards=4)
     with pytest.raises(KeyboardInterrupt):
-        build_index(cfg, encoder=KilledEncoder(fail_at=8), show_progress=False)
+        build_index(cfg, encoder=CountingEncoder(fail_at=8), show_progress=False)
     resumed = build_index(cfg.model_copy(update={"ray_encoders": 2}), show_progress=False)
     assert resumed.encoded == 100  # shards 2 and 3 only
     assert _top3(tmp_path / "resumed") == _top3(tmp_path / "one")

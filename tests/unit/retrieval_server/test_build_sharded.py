@@ -12,32 +12,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from index_build import INDEX_FILES, CountingEncoder
 
 from retrieval_server.build import SHARDS_DIR, build_index
 from retrieval_server.config import BuildConfig, EncoderConfig
 from retrieval_server.corpus import OFFSETS_FILE, DocStoreWriter, Passage
-from retrieval_server.encoder import HashingEncoder
 from retrieval_server.index import FAISS_FILE, FlatIndexWriter
 
 N_SMALL = 200  # rows in the small_corpus fixture (conftest.py)
-INDEX_FILES = ["dense.faiss", "docs.jsonl", "offsets.npy", "bm25/data.csc.index.npy", "bm25/vocab.index.json"]
-
-
-class CountingEncoder(HashingEncoder):
-    """Counts passage-encoding calls; raises on call `fail_at` (a build killed mid-way)."""
-
-    def __init__(self, fail_at: int | None = None) -> None:
-        super().__init__(64)
-        self.calls, self.fail_at = 0, fail_at
-
-    def encode_passages(self, texts: list[str]) -> np.ndarray:
-        if len(texts) > 1:  # not the manifest's probe text
-            self.calls += 1
-            if self.calls == self.fail_at:
-                raise KeyboardInterrupt("killed")
-        return super().encode_passages(texts)
-
-
 def _cfg(corpus: Path, out: Path, **kw) -> BuildConfig:
     return BuildConfig(corpus=corpus, out=out, encoder=EncoderConfig(model="hashing-64"), chunk_size=20, **kw)
 
