@@ -3,6 +3,7 @@ the memory-flat writers: the same bytes as a single-process build, shards skippe
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import subprocess
@@ -81,36 +82,24 @@ def test_corrupted_shard_is_encoded_again(tmp_path: Path, small_corpus: Path) ->
     assert resumed.calls == 3 * 3  # shards 1, 2 and 3
 
 
-def _peak_rss_mb(corpus: Path, out: Path) -> tuple[float, float]:
-    """(peak RSS MB, index MB) of a build in a fresh process."""
-    code = (
-        "import resource, sys; from pathlib import Path; "
-        "from retrieval_server.build import build_index; "
-        "from retrieval_server.config import BuildConfig, EncoderConfig; "
-        "build_index(BuildConfig(corpus=Path(sys.argv[1]), out=Path(sys.argv[2]), embeddings_cache=None, "
-        "encoder=EncoderConfig(model='hashing-64')), show_progress=False); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    )
-    out_text = subprocess.run([sys.executable, "-c", code, str(corpus), str(out)], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
-    index_mb = sum(f.stat().st_size for f in [out / FAISS_FILE, *(out / "bm25").glob("*")]) / 2**20
-    return float(out_text.strip().splitlines()[-1]), index_mb
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "retrieval_build_memory.py"
 
 
-def _synthetic_corpus(path: Path, n: int) -> Path:
-    """Zipf-distributed words, ~80 a passage, so the BM25 vocabulary grows as on real text."""
-    rng = np.random.default_rng(0)
-    with open(path, "w") as f:
-        for i in range(n):
-            words = " ".join(f"w{j}" for j in np.minimum(rng.zipf(1.2, 80), 200_000))
-            f.write(json.dumps({"id": str(i), "contents": f'"Title {i}"\n{words}'}) + "\n")
-    return path
+def _peak_rss_mb(tmp_path: Path, n: int) -> tuple[float, float]:
+    """(peak RSS MB, index MB) of a build of `n` synthetic passages in a fresh process: the memory benchmark's
+    own corpus and child build (`--child`), so the test asserts what the benchmark measures."""
+    spec = importlib.util.spec_from_file_location("bench_build_memory", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    corpus = bench.synthetic_corpus(tmp_path / f"c{n}.jsonl", n)
+    out_text = subprocess.run([sys.executable, str(BENCH), "--child", str(corpus), str(tmp_path / f"i{n}")],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    figures = json.loads(out_text.strip().splitlines()[-1])
+    return figures["peak_mb"], figures["index_mb"]
 
 
 def test_build_rss_is_flat_in_corpus_size(tmp_path: Path) -> None:
     """4x the passages may cost the index's own size (bm25s builds its matrix in memory) and little more."""
-    (small, small_index), (big, big_index) = (
-        _peak_rss_mb(_synthetic_corpus(tmp_path / f"c{n}.jsonl", n), tmp_path / f"i{n}") for n in (3_000, 12_000)
-    )
+    (small, small_index), (big, big_index) = (_peak_rss_mb(tmp_path, n) for n in (3_000, 12_000))
     growth = big - small - 4 * (big_index - small_index)  # bm25s peaks at a few times its final matrix
     assert growth < 25, f"peak RSS {small:.0f} -> {big:.0f} MB; index {small_index:.1f} -> {big_index:.1f} MB"
