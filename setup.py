@@ -36,6 +36,9 @@ setup(
         "faiss-cpu>=1.8",
         "bm25s",
         "sentence-transformers>=3",
+        "onnx",  # the retrieval encoder's ONNX export (retrieval_server/encoder_runtime.py)
+        "onnxruntime",  # encoder backend `onnx` (fp32, int8)
+        "openvino",  # encoder backend `openvino`, the CPU default
         "fastapi",
         "uvicorn",
         "httpx",

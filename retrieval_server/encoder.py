@@ -48,6 +48,8 @@ class Encoder(Protocol):
     dim: int
     query_prefix: str
     passage_prefix: str
+    backend: str  # torch, onnx, openvino (hashing for the test encoder)
+    precision: str  # the effective one: fp32, int8, bf16
 
     def encode_queries(self, texts: list[str]) -> np.ndarray: ...
 
@@ -84,6 +86,7 @@ class SentenceTransformerEncoder:
         self.passage_prefix = p if cfg.passage_prefix is None else cfg.passage_prefix
         self.batch_size = cfg.batch_size
         self.normalize = "dpr" not in cfg.model.lower()  # DPR is trained for raw inner product
+        self.backend, self.precision = "torch", "fp32"
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         emb = self.model.encode(
@@ -102,6 +105,50 @@ class SentenceTransformerEncoder:
         return self._encode([self.passage_prefix + t for t in texts])
 
 
+class RuntimeEncoder(SentenceTransformerEncoder):
+    """A sentence-transformers model whose transformer runs in ONNX Runtime or OpenVINO (encoder_runtime.py).
+
+    Tokenisation, pooling and normalisation are the model's own sentence-transformers modules, so any model
+    the torch path serves is served the same way; only the transformer's forward pass moves. Texts are
+    sorted by length before batching, as sentence-transformers' `encode` does, to keep padding small.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        from retrieval_server import encoder_runtime
+        from retrieval_server.config import default_encoder_cache_dir
+
+        super().__init__(cfg)
+        self.backend, self.precision = cfg.resolved()
+        self.input_names = encoder_runtime.input_names(self.model)
+        path = encoder_runtime.export_onnx(self.model, resolve_model_path(cfg.model), default_encoder_cache_dir(),
+                                           int8=self.precision == "int8")
+        if self.backend == "onnx":
+            self._run = encoder_runtime.onnxruntime_runner(path, cfg.torch_threads)
+        else:
+            self._run, self.precision = encoder_runtime.openvino_runner(path, cfg.torch_threads,
+                                                                        bf16=self.precision == "bf16")
+        self._post = list(self.model)[1:]  # pooling, normalisation, ...
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            features = dict(self.model.preprocess([texts[i] for i in rows]))
+            hidden = self._run({name: features[name].numpy() for name in self.input_names})
+            features["token_embeddings"] = torch.from_numpy(np.asarray(hidden, dtype=np.float32))
+            with torch.no_grad():
+                for module in self._post:
+                    features = module(features)
+            emb = features["sentence_embedding"].numpy()
+            if self.normalize:
+                emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            out[rows] = emb
+        return out
+
+
 class HashingEncoder:
     """Bag-of-words feature hashing into `dim` signed buckets, L2-normalised.
 
@@ -115,6 +162,7 @@ class HashingEncoder:
         self.query_prefix = ""
         self.passage_prefix = ""
         self.max_seq_length = None
+        self.backend, self.precision = "hashing", "fp32"
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -146,8 +194,9 @@ def load_encoder(cfg: EncoderConfig) -> Encoder:
     m = re.fullmatch(r"hashing-(\d+)", cfg.model)
     if m:
         return HashingEncoder(int(m.group(1)))
-    logger.info("loading sentence-transformers model %s", cfg.model)
-    return SentenceTransformerEncoder(cfg)
+    backend, precision = cfg.resolved()
+    logger.info("loading sentence-transformers model %s (%s, %s)", cfg.model, backend, precision)
+    return SentenceTransformerEncoder(cfg) if backend == "torch" else RuntimeEncoder(cfg)
 
 
 def probe_vector(encoder: Encoder) -> list[float]:

@@ -42,6 +42,8 @@ class DenseManifest(BaseModel):
     max_seq_length: int | None
     probe: list[float]
     faiss_version: str
+    backend: str = "torch"  # the passage encoder's runtime (indexes from before backends: torch)
+    precision: str = "fp32"  # its effective precision
 
 
 class Bm25Manifest(BaseModel):
@@ -75,6 +77,10 @@ class Manifest(BaseModel):
         return cls.model_validate_json(path.read_text())
 
 
+PROBE_MIN_COSINE = 0.999  # same backend and precision as the build: the same vector up to float noise
+PROBE_MIN_COSINE_OTHER_RUNTIME = 0.98  # same weights, other runtime or precision (int8, bf16)
+
+
 class IndexMismatchError(RuntimeError):
     """The index on disk was not built with the encoder (or settings) the server is about to use."""
 
@@ -83,7 +89,9 @@ def check_encoder(dense: DenseManifest, encoder: Encoder) -> None:
     """Refuse to serve an index with an encoder that embeds differently from the one that built it.
 
     Names can legitimately differ (a hub name vs a local folder), so the decisive check is behavioural:
-    the fixed probe text must embed to the same vector (cosine >= 0.999) with the same passage prefix.
+    the fixed probe text must embed to the same vector with the same passage prefix: cosine >= 0.999 when
+    the encoder runs with the manifest's backend and precision, >= 0.98 when either differs (an int8 or
+    bf16 run of the same weights moves the probe by about 0.01 at most; another model moves it far more).
     """
     problems = []
     if encoder.dim != dense.dim:
@@ -93,8 +101,11 @@ def check_encoder(dense: DenseManifest, encoder: Encoder) -> None:
     if not problems:
         a, b = np.asarray(probe_vector(encoder)), np.asarray(dense.probe)
         cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
-        if cos < 0.999:
-            problems.append(f"probe embedding differs (cosine {cos:.4f})")
+        same_runtime = (encoder.backend, encoder.precision) == (dense.backend, dense.precision)
+        bound = PROBE_MIN_COSINE if same_runtime else PROBE_MIN_COSINE_OTHER_RUNTIME
+        if cos < bound:
+            problems.append(f"probe embedding differs (cosine {cos:.4f} < {bound} for {encoder.backend} "
+                            f"{encoder.precision} against an index built with {dense.backend} {dense.precision})")
     if problems:
         raise IndexMismatchError(
             f"index was built with model {dense.model!r} but the server's encoder is {encoder.name!r}: "
