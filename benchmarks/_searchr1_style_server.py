@@ -33,7 +33,8 @@ class QueryRequest(BaseModel):
 def main() -> None:
     index_dir, port = Path(sys.argv[1]), int(sys.argv[2])
     dense = Manifest.read(index_dir).dense
-    encoder = load_encoder(EncoderConfig(model=dense.model, max_seq_length=dense.max_seq_length))
+    # Search-R1 runs the model in PyTorch (fp32 on CPU), whatever our server's default backend is.
+    encoder = load_encoder(EncoderConfig(model=dense.model, max_seq_length=dense.max_seq_length, backend="torch"))
     index = load_faiss_index(index_dir, 128, 16)
     docs = DocStore(index_dir)
     app = FastAPI()

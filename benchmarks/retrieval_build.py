@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/retrieval_build.py [--corpus PATH] [--passages 1000]
 
 Both are measured in this process on the same first N passages with the same loaded model:
-  raw    SentenceTransformer.encode over the whole list (sorted by length internally, batch 64)
+  raw    the encoder (--backend/--precision, default the server's) over the whole list (sorted by length, batch 64)
   build  retrieval_server's streaming build (doc store + FAISS Flat + BM25 + manifest, no cache)
 Peak memory is this process's max RSS (model included), printed before and after the build.
 """
@@ -36,13 +36,16 @@ def main() -> None:
     p.add_argument("--corpus", type=Path, default=HOTPOT_CORPUS)
     p.add_argument("--passages", type=int, default=1000)
     p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--backend", default="auto", help="encoder backend (torch, onnx, openvino; auto = the default)")
+    p.add_argument("--precision", default="auto", help="encoder precision (fp32, int8, bf16; auto = the backend's)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rs-build-bench-"))
     corpus = tmp / "corpus.jsonl.gz"
     with gzip.open(args.corpus, "rb") as src, gzip.open(corpus, "wb") as dst:
         dst.writelines(itertools.islice(src, args.passages))
-    enc_cfg = EncoderConfig(torch_threads=args.torch_threads)
+    enc_cfg = EncoderConfig(torch_threads=args.torch_threads, backend=args.backend, precision=args.precision)
     enc = load_encoder(enc_cfg)
+    print(f"encoder: {enc.backend} {enc.precision}, {args.torch_threads} threads")
     texts = [p.contents for p in iter_corpus(corpus)]
     enc.encode_passages(texts[:64])  # warm up
     print(f"{len(texts)} passages from {args.corpus}; load average {os.getloadavg()[0]:.2f}; rss {max_rss_mb():.0f} MB")

@@ -79,6 +79,7 @@ class Service:
     docs: DocStore
     batcher: MicroBatcher
     model: str | None
+    encoder: str | None = None  # "<backend> <precision>" of the query encoder, e.g. "openvino bf16"
 
     @classmethod
     def load(cls, cfg: ServeConfig, encoder: Encoder | None = None) -> Service:
@@ -104,7 +105,9 @@ class Service:
         )
         batcher = MicroBatcher(retriever.search, cfg.batching.max_batch_queries, cfg.batching.max_wait_ms)
         model = manifest.dense.model if manifest.dense and cfg.retriever != "bm25" else None
-        return cls(manifest=manifest, retriever=retriever, docs=DocStore(cfg.index), batcher=batcher, model=model)
+        runtime = f"{encoder.backend} {encoder.precision}" if model else None
+        return cls(manifest=manifest, retriever=retriever, docs=DocStore(cfg.index), batcher=batcher, model=model,
+                   encoder=runtime)
 
     async def answer(self, queries: list[str], topk: int, return_scores: bool) -> list[list]:
         """JSON-ready hits for one request, batched with concurrent requests."""
@@ -117,6 +120,7 @@ class Service:
         return {
             "retriever": self.retriever.name,
             "model": self.model,
+            "encoder": self.encoder,
             "index_type": self.manifest.dense.index_type if self.manifest.dense else None,
             "num_docs": len(self.docs),
             "batches": stats.batches,
@@ -170,6 +174,7 @@ class WebService:
         return {
             "retriever": r.name,
             "model": None,
+            "encoder": None,
             "index_type": None,
             "num_docs": None,
             "endpoint": r.cfg.endpoint,

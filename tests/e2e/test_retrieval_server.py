@@ -215,12 +215,14 @@ def test_minilm_default_model_round_trip(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / "manifest.json").read_text())["dense"]
     assert manifest["model"] == "all-MiniLM-L6-v2" and manifest["dim"] == 384
+    assert manifest["backend"] == "openvino" and manifest["precision"] in ("bf16", "fp32")  # the CPU default
     s = Server("--index", str(out), "--port", "0", timeout=180)
     try:
         rows = [json.loads(line) for line in corpus.read_text().splitlines()[:5]]
         titles = [row["contents"].split("\n")[0].strip('"') for row in rows]
         with RetrievalClient(s.url, timeout=60) as c:
-            assert c.health()["model"] == "all-MiniLM-L6-v2"
+            health = c.health()
+            assert health["model"] == "all-MiniLM-L6-v2" and health["encoder"] == f"openvino {manifest['precision']}"
             hits = c.retrieve(titles, topk=3)
         assert sum(h[0].id == row["id"] for h, row in zip(hits, rows, strict=True)) >= 4
     finally:
