@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from retrieval_server.build import build_index
-from retrieval_server.config import BuildConfig, default_embeddings_cache_dir
+from retrieval_server.config import BuildConfig, EncoderConfig, default_embeddings_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HOTPOT_CORPUS = REPO / "sage_rl" / "assets" / "hotpotqa" / "corpus.jsonl.gz"
@@ -19,13 +19,18 @@ HOTPOT_QUESTIONS = REPO / "sage_rl" / "assets" / "hotpotqa" / "questions.jsonl.g
 COMBINED_CORPUS = Path("/work/shared/data/derived/corpus_combined.jsonl.gz")
 
 
-def ensure_index(corpus: Path, index: Path | None, index_type: str = "Flat") -> Path:
-    """Use `index`, or build one for `corpus` under the user cache (embeddings cached: slow only once)."""
+def ensure_index(corpus: Path, index: Path | None, index_type: str = "Flat",
+                 encoder: EncoderConfig | None = None) -> Path:
+    """Use `index`, or build one for `corpus` under the user cache (embeddings cached: slow only once).
+
+    The folder is named after the encoder's runtime, so benchmarks of different backends keep their indexes."""
     if index is not None:
         return index
+    encoder = encoder or EncoderConfig()
     cache = default_embeddings_cache_dir()
-    out = cache.parent / "indexes" / f"{corpus.name.split('.')[0]}-minilm-{index_type}"
-    build_index(BuildConfig(corpus=corpus, out=out, index_type=index_type, embeddings_cache=cache))
+    runtime = "-".join(encoder.resolved())
+    out = cache.parent / "indexes" / f"{corpus.name.split('.')[0]}-minilm-{index_type}-{runtime}"
+    build_index(BuildConfig(corpus=corpus, out=out, index_type=index_type, embeddings_cache=cache, encoder=encoder))
     return out
 
 

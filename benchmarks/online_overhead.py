@@ -10,8 +10,11 @@ update_actor) and `sage/rollout/retrieval_share` (the agent loop's time waiting 
 waiting for the rollout server plus `/retrieve`).
 Targets (issue #8): online step time <= 1.15x static; retrieval < 10% of rollout time.
 
-    python benchmarks/online_overhead.py [--steps 4] [--out outputs/bench/online_overhead]
+    python benchmarks/online_overhead.py [--steps 4] [--train-questions 128] [--out outputs/bench/online_overhead]
 
+`--train-questions` sets the job's static training questions and so the producer's seeds (it makes as many
+items): with the default 64 a producer on this box is done before verl's start-up is, so no step runs beside
+production; 128 keeps it producing through the steps, which is what the per-step overhead is about.
 Steps after the first are compared (step 1 carries vLLM's and the actor's warm-up). The producer's vLLM server
 shares the cores with training on a CPU box, so there the overhead measures the box, not the design; a GPU
 deployment puts the producer on its own servers.
@@ -50,10 +53,12 @@ def step_metrics(log: Path) -> dict[int, dict[str, float]]:
     return steps
 
 
-def run_train_stage(out: Path, recipe: str, steps: int, redo: bool) -> tuple[dict[int, dict[str, float]], float]:
+def run_train_stage(out: Path, recipe: str, steps: int, train_questions: int,
+                    redo: bool) -> tuple[dict[int, dict[str, float]], float]:
     """The pipeline up to its train stage with `recipe`; the train stage's step metrics and wall time."""
     cmd = [str(Path(sys.executable).parent / "sage-rl"), "pipeline", "--config-name", "quickstart_cpu",
            f"run.output_dir={out}", "run.stages=[index,warmstart,generate,train]", f"train.recipe={recipe}",
+           f"index.train_questions={train_questions}",
            f"train.overrides=['trainer.total_training_steps={steps}','trainer.save_freq={steps}',"
            "'actor_rollout_ref.actor.optim.lr=1e-5']", *(["run.redo=[train]"] if redo else [])]
     load = os.getloadavg()[0]
@@ -86,10 +91,13 @@ def summarize(name: str, steps: dict[int, dict[str, float]], stage_s: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--train-questions", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/online_overhead"))
     args = parser.parse_args()
-    static_steps, static_s = run_train_stage(args.out, "grpo_search_smollm2_cpu", args.steps, redo=False)
-    online_steps, online_s = run_train_stage(args.out, "online_smollm2_cpu", args.steps, redo=True)
+    static_steps, static_s = run_train_stage(args.out, "grpo_search_smollm2_cpu", args.steps, args.train_questions,
+                                           redo=False)
+    online_steps, online_s = run_train_stage(args.out, "online_smollm2_cpu", args.steps, args.train_questions,
+                                           redo=True)
     static = summarize("static", static_steps, static_s)
     online = summarize("online", online_steps, online_s)
     from sage_rl.train.launch import load_train_config

@@ -25,10 +25,9 @@ import platform
 import time
 
 import numpy as np
-from _retrieval_common import HOTPOT_CORPUS, gold_recall, load_questions
+from _retrieval_common import HOTPOT_CORPUS, ensure_index, gold_recall, load_questions
 
-from retrieval_server.build import build_index
-from retrieval_server.config import BuildConfig, EncoderConfig, default_embeddings_cache_dir
+from retrieval_server.config import EncoderConfig
 from retrieval_server.corpus import DocStore
 from retrieval_server.encoder import load_encoder
 from retrieval_server.index import load_faiss_index
@@ -49,10 +48,7 @@ def rate(encode, texts: list[str], batch: int) -> float:
 
 def fp32_index() -> tuple:
     """The embedded corpus in a Flat index built with torch fp32 (cached under the user cache)."""
-    cache = default_embeddings_cache_dir()
-    out = cache.parent / "indexes" / "hotpotqa-minilm-Flat-torch"
-    build_index(BuildConfig(corpus=HOTPOT_CORPUS, out=out, embeddings_cache=cache, bm25=False,
-                            encoder=EncoderConfig(backend="torch")))
+    out = ensure_index(HOTPOT_CORPUS, None, encoder=EncoderConfig(backend="torch"))
     return load_faiss_index(out, 128, 16), DocStore(out)
 
 

@@ -1,6 +1,6 @@
 """Recall@3 / recall@10 of gold supporting paragraphs for the 1,100 embedded HotpotQA questions.
 
-    .venv/bin/python benchmarks/retrieval_quality.py [--index DIR]
+    .venv/bin/python benchmarks/retrieval_quality.py [--index DIR] [--backend B --precision P]
 
 Recall@k = share of a question's gold paragraphs (`supporting_doc_ids`, 2 per question) found in its
 top k, averaged over questions; "both@10" = questions with every gold paragraph in the top 10.
@@ -26,13 +26,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--index", type=Path)
     p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--backend", default="auto", help="encoder backend for the build and the queries (auto: default)")
+    p.add_argument("--precision", default="auto", help="encoder precision (auto: the backend's default)")
     args = p.parse_args()
-    index = ensure_index(HOTPOT_CORPUS, args.index)
+    runtime = EncoderConfig(backend=args.backend, precision=args.precision, torch_threads=args.torch_threads)
+    index = ensure_index(HOTPOT_CORPUS, args.index, encoder=runtime)
     m = Manifest.read(index).dense
-    enc = load_encoder(EncoderConfig(model=m.model, max_seq_length=m.max_seq_length, torch_threads=args.torch_threads))
+    enc = load_encoder(runtime.model_copy(update={"model": m.model, "max_seq_length": m.max_seq_length}))
     store = DocStore(index)
     questions = load_questions()
-    print(f"{len(questions)} questions, {len(store)} passages, model {m.model}, index {m.index_type}\n")
+    print(f"{len(questions)} questions, {len(store)} passages, model {m.model} (index: {m.backend} {m.precision}, "
+          f"queries: {enc.backend} {enc.precision}), index {m.index_type}\n")
     print(f"{'retriever':<10}{'recall@3':>10}{'recall@10':>11}{'both@10':>9}{'seconds':>9}")
     for kind in ("dense", "bm25", "hybrid"):
         retriever = open_retriever(index, kind, enc)

@@ -44,11 +44,12 @@ def input_names(st_model) -> list[str]:
     return [k for k in st_model.preprocess(["probe"]) if k in params]
 
 
-def export_key(model_path: str) -> str:
-    """Changes when the weights, torch or the opset change; a hub name resolves to its snapshot folder."""
+def export_key(st_model, model_path: str) -> str:
+    """Changes when the weights (a folder's files, a hub model's commit), torch or the opset change."""
     import torch
 
-    parts = [str(Path(model_path).resolve()), torch.__version__, str(OPSET)]
+    commit = getattr(st_model[0].auto_model.config, "_commit_hash", None)
+    parts = [str(Path(model_path).resolve()), str(commit), torch.__version__, str(OPSET)]
     for f in sorted(Path(model_path).glob("*.safetensors")) + sorted(Path(model_path).glob("*.bin")):
         stat = f.stat()
         parts.append(f"{f.name}:{stat.st_size}:{int(stat.st_mtime)}")
@@ -57,7 +58,7 @@ def export_key(model_path: str) -> str:
 
 def export_onnx(st_model, model_path: str, cache: Path, int8: bool) -> Path:
     """The model's transformer as ONNX (fp32, or int8 weights), exported once and cached."""
-    folder = cache / export_key(model_path)
+    folder = cache / export_key(st_model, model_path)
     target = folder / ("model_int8.onnx" if int8 else "model.onnx")
     if target.is_file():
         return target

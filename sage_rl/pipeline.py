@@ -27,8 +27,10 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +229,25 @@ class Job:
         return self.retrieval_url
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, Slurm's scancel, a CI timeout) stops the job the way Ctrl-C does: the running stage's
+    processes and the retrieval server are stopped and finished stages kept. Python's default for SIGTERM
+    exits at once, skipping that cleanup, which left training and the server running without the pipeline."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_pipeline(cfg: PipelineConfig) -> Path:
     """Run the selected stages in order; returns the report's path (or the run folder without a report)."""
     from sage_rl import pipeline_stages
@@ -236,7 +257,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     job = Job(cfg, out, Console(verbose))
     job.console.line(f"sage-rl pipeline: {out} (logs in {out / 'logs'}; run.verbose=true to see them here)")
-    with folder_lock(out, "sage-rl pipeline"), job.stack:
+    with _terminate_as_interrupt(), folder_lock(out, "sage-rl pipeline"), job.stack:
         for stage in STAGES:
             if stage not in cfg.run.stages:
                 continue

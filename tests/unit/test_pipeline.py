@@ -190,3 +190,39 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
         for setting in ("seeds.corpus=/s/seeds.jsonl", "retrieval.url=http://127.0.0.1:8", "seeds.num_items=2",
                         "generator.llm.base_url=http://127.0.0.1:9/v1", "solver.llm.base_url=http://127.0.0.1:9/v1"):
             assert f"'{setting}'" in producer, producer
+
+
+def test_sigterm_stops_the_running_stage_and_keeps_finished_ones(tmp_path):
+    """`kill` (or a scheduler's SIGTERM) must not leave a stage's processes running without the pipeline."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    script = f"""
+import sys
+from sage_rl import pipeline, pipeline_stages
+child = "import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+pipeline_stages.index = lambda job: {{"summary": "index"}}
+pipeline_stages.warmstart = lambda job: job.console.run([sys.executable, "-c", child], job.log("w"), "w") or {{}}
+cfg = pipeline.PipelineConfig()
+cfg.run.output_dir, cfg.run.stages = {str(tmp_path / "run")!r}, ["index", "warmstart"]
+try:
+    pipeline.run_pipeline(cfg)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    for _ in range(300):
+        if pidfile.is_file() and pidfile.read_text():
+            break
+        time.sleep(0.1)
+    child = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the stage's process went with the pipeline
+    assert (tmp_path / "run" / "index" / "done.json").is_file()
+    assert not (tmp_path / "run" / "warmstart" / "done.json").exists()
