@@ -58,6 +58,10 @@ class IndexStage:
     bamboogle_questions: int = 40  # Bamboogle questions evaluated (needs Wikipedia: behaviour, not knowledge)
     distractors: int = 1500  # other corpus passages in the index
     dense: bool = True  # MiniLM FAISS (the mission's retriever); false: BM25 only
+    # Query-encoder threads of the job's retrieval server (None: all cores). 1 because on a CPU box it shares the
+    # cores with vLLM and training (benchmarks/retrieval_encoders.py, beside two busy processes on 2 cores:
+    # single-query p50 38.8 ms with 1 thread vs 47.5 ms with both, OpenVINO; torch 33.6 vs 128.8 ms).
+    server_threads: int | None = 1
     startup_timeout_s: float = 600.0
 
 
@@ -221,6 +225,8 @@ class Job:
             url = f"http://127.0.0.1:{port}"
             cmd = [sys.executable, "-m", "retrieval_server", "serve", "--index", index["index"], "--port", str(port),
                    "--retriever", index["retriever"]]
+            if self.cfg.index.server_threads is not None:
+                cmd += ["--torch-threads", str(self.cfg.index.server_threads)]
             self.console.line(f"  retrieval server: {url} ({index['retriever']}, {index['docs']} passages; "
                               f"log: {self.log('retrieval_server')})")
             self.stack.enter_context(serving(cmd, f"{url}/health", self.log("retrieval_server"),
