@@ -53,14 +53,15 @@ def step_metrics(log: Path) -> dict[int, dict[str, float]]:
     return steps
 
 
-def run_train_stage(out: Path, recipe: str, steps: int, train_questions: int,
-                    redo: bool) -> tuple[dict[int, dict[str, float]], float]:
-    """The pipeline up to its train stage with `recipe`; the train stage's step metrics and wall time."""
+def run_train_stage(out: Path, recipe: str, steps: int,
+                    train_questions: int) -> tuple[dict[int, dict[str, float]], float]:
+    """The pipeline up to its train stage with `recipe`, which always reruns (an earlier run's would be skipped;
+    the stages before it are reused); the train stage's step metrics and wall time."""
     cmd = [str(Path(sys.executable).parent / "sage-rl"), "pipeline", "--config-name", "quickstart_cpu",
            f"run.output_dir={out}", "run.stages=[index,warmstart,generate,train]", f"train.recipe={recipe}",
            f"index.train_questions={train_questions}",
            f"train.overrides=['trainer.total_training_steps={steps}','trainer.save_freq={steps}',"
-           "'actor_rollout_ref.actor.optim.lr=1e-5']", *(["run.redo=[train]"] if redo else [])]
+           "'actor_rollout_ref.actor.optim.lr=1e-5']", "run.redo=[train]"]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -94,10 +95,8 @@ def main() -> None:
     parser.add_argument("--train-questions", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/online_overhead"))
     args = parser.parse_args()
-    static_steps, static_s = run_train_stage(args.out, "grpo_search_smollm2_cpu", args.steps, args.train_questions,
-                                           redo=False)
-    online_steps, online_s = run_train_stage(args.out, "online_smollm2_cpu", args.steps, args.train_questions,
-                                           redo=True)
+    static_steps, static_s = run_train_stage(args.out, "grpo_search_smollm2_cpu", args.steps, args.train_questions)
+    online_steps, online_s = run_train_stage(args.out, "online_smollm2_cpu", args.steps, args.train_questions)
     static = summarize("static", static_steps, static_s)
     online = summarize("online", online_steps, online_s)
     from sage_rl.train.launch import load_train_config
