@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval_server import encoder_runtime
 from retrieval_server.build import build_index
 from retrieval_server.config import BuildConfig, EncoderConfig, ServeConfig
 from retrieval_server.encoder import HashingEncoder, load_encoder
@@ -67,7 +68,8 @@ def test_backend_parity_with_torch_fp32(export_cache: Path, texts: list[str], re
 def test_export_is_cached(export_cache: Path) -> None:
     load_encoder(EncoderConfig(backend="onnx", precision="int8"))
     files = sorted(export_cache.glob("*/*.onnx"))
-    assert [f.name for f in files] == ["model.onnx", "model_int8.onnx"]
+    int8 = "model_int8.onnx" if encoder_runtime.cpu_has_vnni() else "model_int8_7bit.onnx"
+    assert [f.name for f in files] == ["model.onnx", int8]
     stamps = [f.stat().st_mtime_ns for f in files]
     load_encoder(EncoderConfig(backend="onnx", precision="int8"))
     assert [f.stat().st_mtime_ns for f in files] == stamps
