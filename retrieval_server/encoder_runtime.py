@@ -8,12 +8,12 @@ normalisation modules stay sentence-transformers' (`RuntimeEncoder` in encoder.p
 
 Precisions (measured on the 2-core box, all-MiniLM-L6-v2, `benchmarks/retrieval_encoders.py`):
 - ONNX Runtime `int8`: dynamic quantization of the MatMul weights, per channel (ONNX Runtime's quantizer).
-  Quantizing every op, or per tensor, costs far more: cosine to fp32 down to 0.94 on HotpotQA questions.
+  Quantizing every op per tensor (the quantizer's default) costs far more: cosine to fp32 down to 0.945.
 - OpenVINO `bf16`: OpenVINO's inference-precision hint; it runs the matmuls in bf16 on CPUs with AMX or
   AVX512-BF16 and in fp32 elsewhere (the effective precision is what the manifest records).
 
-Exports are cached under `<cache>/encoders/<key>/` (key: the model folder's weights, torch and opset), written
-to a temporary folder and renamed, so concurrent builders never read half a file.
+Exports are cached under `<cache>/encoders/<key>/` (key: the model's folder and weights or hub commit, torch,
+opset), written to a temporary folder and renamed, so concurrent builders never read half a file.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def export_key(st_model, model_path: str) -> str:
     import torch
 
     commit = getattr(st_model[0].auto_model.config, "_commit_hash", None)
-    parts = [str(Path(model_path).resolve()), str(commit), torch.__version__, str(OPSET)]
-    for f in sorted(Path(model_path).glob("*.safetensors")) + sorted(Path(model_path).glob("*.bin")):
+    folder = Path(model_path)
+    parts = [str(folder.resolve()) if folder.exists() else model_path, str(commit), torch.__version__, str(OPSET)]
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         stat = f.stat()
         parts.append(f"{f.name}:{stat.st_size}:{int(stat.st_mtime)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
