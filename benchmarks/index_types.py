@@ -11,8 +11,8 @@ on the factory string after `fit_ivf_nlist`, trained on the first `--ivf-train-s
 `faiss.ParameterSpace().set_index_parameter` call as `load_faiss_index`. The server sets efSearch
 (`--hnsw-ef-search`, default 128) and nprobe (`--ivf-nprobe`, default 16); each knob is measured at the
 FAISS default (efSearch 16, nprobe 1), the server default and the values given. FAISS' factory turns on
-polysemous training for PQ (`do_polysemous_training`: ~1-2 s per sub-quantizer on this box, whatever n;
-search never uses it, `polysemous_ht` stays 0), so PQ train times include it, as the build's do.
+polysemous training for PQ (~1-2 s per sub-quantizer on this box, whatever n); search never uses it, so
+`new_faiss_index` switches it off, and PQ train times here are the build's.
 
 Per row: bytes of `faiss.serialize_index` (what `dense.faiss` holds and what FAISS keeps in RAM; the server
 memory-maps Flat, so there it sits in the page cache), bytes per vector, build seconds (train + add),

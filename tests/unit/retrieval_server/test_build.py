@@ -65,3 +65,17 @@ def test_ann_index_types_find_exact_passage(tmp_path: Path, small_corpus: Path, 
 def test_bm25_only_build_needs_no_encoder(tmp_path: Path, small_corpus: Path) -> None:
     report = build_index(BuildConfig(corpus=small_corpus, out=tmp_path / "b", dense=False), show_progress=False)
     assert report.manifest.dense is None and not (tmp_path / "b" / FAISS_FILE).exists()
+
+
+@pytest.mark.parametrize("index_type", ["IVF4,PQ8x4", "PQ8x4", "OPQ8,IVF4,PQ8x4"])
+def test_pq_indexes_skip_polysemous_training(index_type: str) -> None:
+    """Search never uses the Hamming filter polysemous training prepares, so the build does not pay for it."""
+    from retrieval_server.index import new_faiss_index
+
+    index = new_faiss_index(32, index_type)
+    ivf = faiss.try_extract_index_ivf(index)
+    pq_index = faiss.downcast_index(ivf if ivf is not None else index)
+    if isinstance(pq_index, faiss.IndexPreTransform):
+        pq_index = faiss.downcast_index(pq_index.index)
+    assert pq_index.do_polysemous_training is False
+    assert faiss.index_factory(32, index_type).__class__ is index.__class__
