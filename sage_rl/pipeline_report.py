@@ -104,7 +104,8 @@ def write_report(job: Job) -> Path:
         lines += ["## Warm-start", "",
                   f"Gold trajectories: {gold['solver_kept']} solver ({gold['solver_dropped']} questions dropped as "
                   f"unanswerable from the index; {gold['mean_searches']:.2f} searches each), "
-                  f"{gold['generator_kept']} generator ({gold.get('too_long', 0)} rows over the length limit left "
+                  f"{gold['generator_kept']} generator, {gold.get('revision_kept', 0)} revision "
+                  f"({gold.get('too_long', 0)} rows over the length limit left "
                   f"out). verl SFT: {training['steps']} steps on {training['rows']} "
                   f"rows in {training['seconds']:.0f} s, loss {training['losses'][0]:.3f} -> "
                   f"{training['losses'][-1]:.3f}{' (cached model)' if ws['cached'] else ''}. Model: `{ws['model']}`.",

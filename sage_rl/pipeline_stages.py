@@ -58,7 +58,8 @@ def warmstart(job: Job) -> dict:
     gold, training = report["gold_stats"], report["training"]
     cached = " (cached model)" if report["cached"] else ""
     return {"model": report["model"], "report": str(out / "warmstart.json"),
-            "summary": f"{gold['solver_kept']} solver + {gold['generator_kept']} generator rows, "
+            "summary": f"{gold['solver_kept']} solver + {gold['generator_kept']} generator + "
+                       f"{gold.get('revision_kept', 0)} revision rows, "
                        f"{training['steps']} SFT steps, loss {training['losses'][0]:.2f} -> "
                        f"{training['losses'][-1]:.2f}{cached}"}
 

@@ -7,7 +7,13 @@ embedded corpus, so we can write the trajectories a competent agent would produc
 - **solver** (`GoldSolver`): search the question (it finds the first supporting paragraph), search the
   title of the supporting paragraph still missing (the bridge entity), answer;
 - **generator** (`GoldGenerator`): start from one supporting paragraph as the seed passage, search the
-  other, then write the HotpotQA question, its answer and the solver's steps in the generator's format.
+  other, then write the HotpotQA question, its answer and the solver's steps in the generator's format;
+- **revision** (`gold_revision_example`): SAGE's feedback round (`sage_rl.generate.feedback`) on a draft
+  that is the gold generator's with a wrong answer: the correctness prompt shows the draft's trace and
+  the gold solver's, and the gold reply corrects the answer from the documents, in the revision format
+  (`<reason>`, `<question>`, `<answer>`, `<search steps>`). Without these rows the warm-started generator
+  had never seen a revision prompt, and its revisions came out garbled (68 of 71 producer items ended
+  garbled in round 1 of the online benchmark).
 
 The gold models are scripted `ChatModel`s: the shipped episode engine (`run_chat_episode`) runs them under
 the pipeline's own prompts and episode policies against the real retrieval server, so observations,
@@ -24,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sage_rl import protocol
 from sage_rl.episode import ChatSettings, EpisodePolicy, SearchClient, Trajectory, Turn, run_chat_episode
+from sage_rl.generate.feedback import feedback_prompt
 from sage_rl.generate.generator import generator_policy, initial_prompt
-from sage_rl.generate.records import Seed
+from sage_rl.generate.records import QACandidate, Seed, Verification
 from sage_rl.llm import Completion, Messages
 from sage_rl.protocol import Tokenizer
 from sage_rl.qa_match import normalize_answer
@@ -47,6 +54,8 @@ class GoldConfig:
     split: str = "train"
     limit: int | None = None
     generator_share: float = 0.5
+    revision_share: float = 0.5
+    max_trace_tokens: int | None = 200
     retrieval_url: str = "http://127.0.0.1:8000"
     solver: EpisodePolicy = field(default_factory=EpisodePolicy)
     generator: EpisodePolicy = field(default_factory=lambda: generator_policy())
@@ -61,8 +70,9 @@ class GoldConfig:
         solver = EpisodePolicy.from_mapping(block.pop("solver", None), "gold.solver")
         gen = dict(block.pop("generator", None) or {})
         reject_unknown("gold.generator", gen, ("max_searches", "topk", "max_obs_tokens"))
-        if not 0.0 <= float(block.get("generator_share", 0.5)) <= 1.0:
-            raise ValueError(f"gold.generator_share must be in [0, 1], got {block['generator_share']}")
+        for share in ("generator_share", "revision_share"):
+            if not 0.0 <= float(block.get(share, 0.5)) <= 1.0:
+                raise ValueError(f"gold.{share} must be in [0, 1], got {block[share]}")
         return cls(**block, solver=solver, generator=generator_policy(**gen))
 
 
@@ -174,12 +184,13 @@ class GoldGenerator:
 
 @dataclass(frozen=True)
 class GoldExample:
-    """A kept gold trajectory of one role, ready to become an SFT row."""
+    """A kept gold trajectory of one role, ready to become an SFT row (`seed`: the generator's seed passage)."""
 
-    role: Literal["solver", "generator"]
+    role: Literal["solver", "generator", "revision"]
     qid: str
     transcript: Transcript
     trajectory: Trajectory
+    seed: Seed | None = None
 
     def sft_row(self) -> dict:
         """A chat row for verl's SFT trainer (`messages`), read by `sage_rl.train.sft.SearchSFTDataset`.
@@ -214,6 +225,7 @@ class GoldStats:
     solver_dropped: int = 0
     generator_kept: int = 0
     generator_dropped: int = 0
+    revision_kept: int = 0
     searches: int = 0
 
     @property
@@ -271,15 +283,83 @@ async def gold_generator_example(q: GoldQuestion, solver: GoldExample, client: S
     seen = titles_in(observed(trajectory.turns), oracle.others)
     if trajectory.end_reason != "output" or len(seen) < len(oracle.others):
         return None
-    return GoldExample("generator", q.qid, "messages", trajectory)
+    return GoldExample("generator", q.qid, "messages", trajectory, seed)
+
+
+REVISION_K = 2  # solver rollouts the revision prompt says failed (sage_tiny_cpu's solver.num_rollouts)
+
+
+def revision_steps(solver: GoldExample, answer: str, titles: Sequence[str]) -> list[str]:
+    """The gold solver's searches as revision steps, `query | sub-answer | title`: a step's sub-answer is
+    what the next step searches (HotpotQA's bridge entity), the last step's is the answer."""
+    searches = [t for t in solver.trajectory.turns if t.kind == "search" and t.query]
+    lines = []
+    for i, turn in enumerate(searches):
+        sub = searches[i + 1].query if i + 1 < len(searches) else answer
+        lines.append(f"{turn.query} | {sub} | {', '.join(titles_in(turn.observation, titles)) or 'background'}")
+    return lines
+
+
+def gold_revision_example(q: GoldQuestion, generator: GoldExample, solver: GoldExample, wrong_answer: str,
+                          max_trace_tokens: int | None) -> GoldExample:
+    """A correctness round on a draft that is `generator`'s output with `wrong_answer`, rendered by the
+    pipeline's own `feedback_prompt`; the shown attempt is the gold solver's, which found the answer.
+
+    The gold reply keeps the question and takes the answer from the documents both traces retrieved (the
+    answer paragraph is in the draft's own trace: the gold generator searched it), so it teaches the
+    revision format and to trust the documents over the draft, not to copy the solver: the reason cites
+    the document title.
+    """
+    assert generator.seed is not None, "a generator example carries its seed"
+    turns = generator.trajectory.turns
+    gold_answer = f"<answer> {q.answer} </answer>"
+    assert gold_answer in turns[-1].text, "GoldGenerator writes the answer in this form"
+    draft_turn = replace(turns[-1], text=turns[-1].text.replace(gold_answer, f"<answer> {wrong_answer} </answer>"))
+    draft = replace(generator.trajectory, turns=(*turns[:-1], draft_turn), answer=wrong_answer)
+    shown = solver.trajectory
+    verification = Verification(k=REVISION_K, num_correct=0, correct=False, difficult=False, avg_at_k=0.0,
+                                min_searches=None, searches=(shown.num_searches,) * REVISION_K,
+                                answers=(shown.answer,) * REVISION_K)
+    candidate = QACandidate(q.question, wrong_answer, ())
+    prompt = feedback_prompt(generator.seed, candidate, verification, draft.transcript(), shown, max_trace_tokens)
+    last_title = titles_in(observed(shown.turns[-2:]), q.titles) or list(q.titles[-1:])
+    steps = "\n".join(revision_steps(solver, q.answer, q.titles))
+    text = (f"<reason> The documents do not support my answer {wrong_answer}: {last_title[-1]} gives "
+            f"{q.answer}, as the agent found. </reason>\n"
+            f"<think> Keep the question and correct the answer from the documents. </think>\n"
+            f"<question> {q.question} </question>\n<answer> {q.answer} </answer>\n"
+            f"<search steps>\n{steps}\n</search steps>")
+    trajectory = Trajectory(prompt, (Turn(text, "output"),), answer=q.answer, num_searches=0, end_reason="output")
+    return GoldExample("revision", q.qid, "messages", trajectory, generator.seed)
+
+
+def wrong_answers(questions: Sequence[GoldQuestion]) -> dict[str, str]:
+    """For each question, another question's answer of the same SAGE answer type (the next one in order,
+    wrapping around): a plausible wrong answer for its revision draft. Questions with no such partner
+    are left out."""
+    out: dict[str, str] = {}
+    by_kind: dict[str, list[GoldQuestion]] = {}
+    for q in questions:
+        if (kind := answer_type(q.answer)) is not None:
+            by_kind.setdefault(kind, []).append(q)
+    for group in by_kind.values():
+        for i, q in enumerate(group):
+            for other in group[i + 1:] + group[:i]:
+                if normalize_answer(other.answer) != normalize_answer(q.answer):
+                    out[q.qid] = other.answer
+                    break
+    return out
 
 
 async def build_gold(questions: Sequence[GoldQuestion], client: SearchClient, solver_policy: EpisodePolicy,
                      generator_policy: EpisodePolicy, seed_texts: dict[str, str], *, generator_share: float = 0.5,
+                     revision_share: float = 0.0, max_trace_tokens: int | None = None,
                      tokenizer: Tokenizer | None = None, concurrency: int = 8,
                      progress: Any = None) -> tuple[list[GoldExample], GoldStats]:
-    """Gold solver examples for every answerable question, and generator examples for the first
-    `generator_share` of them (in question order, so the choice is deterministic).
+    """Gold solver examples for every answerable question, generator examples for the first
+    `generator_share` of them, and a revision example for the first `revision_share` of those (in
+    question order, so the choice is deterministic; `max_trace_tokens` as the generate recipe's
+    `loop.max_trace_tokens`).
 
     `tokenizer`: the model's, so observations are cut by its tokens as in training (`max_obs_tokens`).
     `progress`, if given, is called with each finished question (a tqdm's `update`, say).
@@ -287,6 +367,8 @@ async def build_gold(questions: Sequence[GoldQuestion], client: SearchClient, so
     stats = GoldStats()
     semaphore = asyncio.Semaphore(concurrency)
     n_gen = round(generator_share * len(questions))
+    n_rev = round(revision_share * n_gen)
+    wrong = wrong_answers(questions)
 
     async def one(i: int, q: GoldQuestion) -> list[GoldExample]:
         async with semaphore:
@@ -303,6 +385,9 @@ async def build_gold(questions: Sequence[GoldQuestion], client: SearchClient, so
                     stats.generator_kept += gen is not None
                     stats.generator_dropped += gen is None
                     out += [gen] if gen is not None else []
+                    if gen is not None and i < n_rev and q.qid in wrong:
+                        out.append(gold_revision_example(q, gen, solver, wrong[q.qid], max_trace_tokens))
+                        stats.revision_kept += 1
             if progress is not None:
                 progress(1)
             return out
@@ -343,5 +428,6 @@ async def gold_for_config(cfg: GoldConfig, tokenizer: Tokenizer | None = None,
             raise ConnectionError(f"no retrieval server answers at {cfg.retrieval_url} ({type(e).__name__}: {e}); "
                                   "start one on the embedded corpus first (see the recipe's header)") from e
         return await build_gold(questions, client, cfg.solver, cfg.generator, texts,
-                                generator_share=cfg.generator_share, tokenizer=tokenizer,
+                                generator_share=cfg.generator_share, revision_share=cfg.revision_share,
+                                max_trace_tokens=cfg.max_trace_tokens, tokenizer=tokenizer,
                                 concurrency=cfg.concurrency, progress=progress)

@@ -153,7 +153,8 @@ def run_warmstart(cfg: DictConfig, progress: bool = True) -> WarmStartResult:
                                "embedded HotpotQA corpus?")
         gold = atomic_write(out / "gold.parquet", lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
         gold_s = time.perf_counter() - started
-        print(f"gold: {stats.solver_kept} solver + {stats.generator_kept} generator trajectories "  # noqa: T201
+        print(f"gold: {stats.solver_kept} solver + {stats.generator_kept} generator trajectories + "  # noqa: T201
+              f"{stats.revision_kept} revisions "
               f"({stats.solver_dropped} unanswerable questions dropped, {stats.mean_searches:.2f} searches "
               f"per solver trajectory; {too_long} rows over data.max_length left out) -> {gold}", flush=True)
 

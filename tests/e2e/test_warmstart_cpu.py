@@ -58,8 +58,10 @@ def check_warmstart(report: dict, cache: Path, questions: list[dict], epochs: in
     gold, training = report["gold_stats"], report["training"]
     assert Path(report["model"]).parent == cache
     assert gold["solver_kept"] >= len(questions) // 2 and gold["generator_kept"] >= 1  # both roles
+    assert gold["revision_kept"] >= 1  # and the generator's feedback rounds
     assert 1.0 <= gold["mean_searches"] <= 2.0
-    assert training["rows"] == gold["solver_kept"] + gold["generator_kept"] - gold["too_long"]
+    kept = gold["solver_kept"] + gold["generator_kept"] + gold["revision_kept"]
+    assert training["rows"] == kept - gold["too_long"]
     assert training["steps"] == (training["rows"] // batch) * epochs and training["losses"][-1] < training["losses"][0]
     base, model = smollm2_path(), Path(report["model"])
     before, after = load_file(base / "model.safetensors"), load_file(model / "model.safetensors")

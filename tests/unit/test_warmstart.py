@@ -140,3 +140,32 @@ def test_gold_config_rejects_typos():
         GoldConfig.from_mapping({"solver": {"max_search": 2}})
     with pytest.raises(ValueError, match="generator_share"):
         GoldConfig.from_mapping({"generator_share": 2})
+
+
+def test_revision_rows_correct_a_wrong_draft_in_the_revision_format():
+    policy = generator_policy(max_searches=3, topk=1, max_obs_tokens=None)
+    examples, stats = asyncio.run(build_gold([Q_BRIDGE, Q_COMPARE], WordRetriever(), POLICY, policy,
+                                             {d: CORPUS[d] for d in CORPUS}, generator_share=1.0,
+                                             revision_share=0.5))
+    revisions = [e for e in examples if e.role == "revision"]
+    assert stats.revision_kept == len(revisions) == 1 and revisions[0].qid == "q1"  # the first half of 2
+    t = revisions[0].trajectory
+    # The correctness prompt of a feedback round: the draft carries another question's answer of the same
+    # type; its trace is the gold generator's (both paragraphs) with that answer, the shown attempt the solver's.
+    assert t.prompt.startswith("You wrote a question that a search agent failed to answer correctly in 2 attempts")
+    assert 'your answer is "GameFan"' in t.prompt and 'answered "Tulsa"' in t.prompt
+    draft, solver_trace = t.prompt.split("<search_agent_trace>")
+    assert "<answer> GameFan </answer>" in draft and "Their first show was in Tulsa" in draft
+    assert "<answer> Tulsa </answer>" in solver_trace
+    # The reply is what `Generator.revise` parses: the question kept, the answer corrected, one step per search.
+    candidate = parse_candidate(t.final_text, "search steps", (), protocol.extract_tag(t.final_text, "reason"))
+    assert candidate.question == Q_BRIDGE.question and candidate.answer == "Tulsa"
+    assert candidate.reason and "Tinted Windows (band)" in candidate.reason
+    first, second = candidate.steps
+    assert first.startswith(protocol.as_question(Q_BRIDGE.question) + " | Tinted Windows (band) |")
+    assert second == "Tinted Windows (band) | Tulsa | Tinted Windows (band)"
+    assert [m["role"] for m in revisions[0].sft_row()["messages"]] == ["user", "assistant"]
+    # Off by default; a question with no same-type partner gets none.
+    examples, stats = asyncio.run(build_gold([Q_BRIDGE], WordRetriever(), POLICY, policy, CORPUS,
+                                             generator_share=1.0, revision_share=1.0))
+    assert stats.revision_kept == 0 and {e.role for e in examples} == {"solver", "generator"}
