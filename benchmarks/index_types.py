@@ -165,6 +165,7 @@ def measure(
         index.add(xb)
         build_s = time.perf_counter() - t
         nbytes = int(faiss.serialize_index(index).nbytes)
+        print(f"[{index_type}] built in {build_s:.0f} s, searching ...", file=sys.stderr, flush=True)  # progress
         for knob, value in _settings(index, list(ef_search), list(nprobe)):
             if knob:
                 faiss.ParameterSpace().set_index_parameter(index, knob, value)
