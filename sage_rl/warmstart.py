@@ -12,8 +12,8 @@ embedded corpus, so we can write the trajectories a competent agent would produc
   that is the gold generator's with a wrong answer: the correctness prompt shows the draft's trace and
   the gold solver's, and the gold reply corrects the answer from the documents, in the revision format
   (`<reason>`, `<question>`, `<answer>`, `<search steps>`). Without these rows the warm-started generator
-  had never seen a revision prompt, and its revisions came out garbled (68 of 71 producer items ended
-  garbled in round 1 of the online benchmark).
+  had never seen a revision prompt: 21 of the 29 revisions the online benchmark's producer asked for
+  came out garbled.
 
 The gold models are scripted `ChatModel`s: the shipped episode engine (`run_chat_episode`) runs them under
 the pipeline's own prompts and episode policies against the real retrieval server, so observations,
