@@ -352,8 +352,10 @@ def wrong_answers(questions: Sequence[GoldQuestion]) -> dict[str, str]:
 
 
 async def build_gold(questions: Sequence[GoldQuestion], client: SearchClient, solver_policy: EpisodePolicy,
-                     generator_policy: EpisodePolicy, seed_texts: dict[str, str], *, generator_share: float = 0.5,
-                     revision_share: float = 0.0, max_trace_tokens: int | None = None,
+                     generator_policy: EpisodePolicy, seed_texts: dict[str, str], *,
+                     generator_share: float = GoldConfig.generator_share,
+                     revision_share: float = GoldConfig.revision_share,
+                     max_trace_tokens: int | None = GoldConfig.max_trace_tokens,
                      tokenizer: Tokenizer | None = None, concurrency: int = 8,
                      progress: Any = None) -> tuple[list[GoldExample], GoldStats]:
     """Gold solver examples for every answerable question, generator examples for the first

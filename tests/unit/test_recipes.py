@@ -194,10 +194,11 @@ def test_warmstart_recipe_trains_on_what_the_pipeline_runs(recipe: Path, tmp_pat
     gold = GoldConfig.from_mapping(OmegaConf.to_container(cfg.gold))
     # The solver learns the CPU training recipes' episode, the generator sage-rl generate's CPU settings.
     assert gold.solver == SearchAgentConfig.from_trainer_config(load_train_config("grpo_search_tiny_cpu")).episode
-    gen = load_generate_config("sage_tiny_cpu").generator
+    generate = load_generate_config("sage_tiny_cpu")
+    gen = generate.generator
     assert gold.generator == generator_policy(gen.max_searches, 3, gen.max_obs_tokens)
     # Revision rows are rendered as sage-rl generate renders its feedback prompts.
-    assert gold.max_trace_tokens == load_generate_config("sage_tiny_cpu").loop.max_trace_tokens
+    assert gold.max_trace_tokens == generate.loop.max_trace_tokens
     assert Path(cfg.model.path, "config.json").is_file()
     # What verl's SFT trainer receives: its own config, our dataset class, every interpolation resolvable.
     run_cfg = verl_config(cfg, tmp_path / "gold.parquet", tmp_path)

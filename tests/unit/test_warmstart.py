@@ -165,7 +165,7 @@ def test_revision_rows_correct_a_wrong_draft_in_the_revision_format():
     assert first.startswith(protocol.as_question(Q_BRIDGE.question) + " | Tinted Windows (band) |")
     assert second == "Tinted Windows (band) | Tulsa | Tinted Windows (band)"
     assert [m["role"] for m in revisions[0].sft_row()["messages"]] == ["user", "assistant"]
-    # Off by default; a question with no same-type partner gets none.
+    # A question with no same-type partner (no wrong answer to draft with) gets none.
     examples, stats = asyncio.run(build_gold([Q_BRIDGE], WordRetriever(), POLICY, policy, CORPUS,
                                              generator_share=1.0, revision_share=1.0))
     assert stats.revision_kept == 0 and {e.role for e in examples} == {"solver", "generator"}
