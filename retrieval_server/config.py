@@ -112,6 +112,9 @@ class BatchingConfig(BaseModel):
         10.0, ge=0, description="Longest wait for a batch to grow back to the previous batch's size"
     )
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets a 503")
+    cache_queries: int = Field(
+        4096, ge=0, description="Distinct recent queries whose hits are kept and reused (0: none)"
+    )
 
 
 def _cache_root() -> Path:

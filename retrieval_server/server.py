@@ -103,7 +103,8 @@ class Service:
             hnsw_ef_search=cfg.hnsw_ef_search,
             ivf_nprobe=cfg.ivf_nprobe,
         )
-        batcher = MicroBatcher(retriever.search, cfg.batching.max_batch_queries, cfg.batching.max_wait_ms)
+        batcher = MicroBatcher(retriever.search, cfg.batching.max_batch_queries, cfg.batching.max_wait_ms,
+                               cfg.batching.cache_queries)
         model = manifest.dense.model if manifest.dense and cfg.retriever != "bm25" else None
         runtime = f"{encoder.backend} {encoder.precision}" if model else None
         return cls(manifest=manifest, retriever=retriever, docs=DocStore(cfg.index), batcher=batcher, model=model,
@@ -126,6 +127,7 @@ class Service:
             "batches": stats.batches,
             "queries": stats.queries,
             "requests": stats.requests,
+            "searched": stats.searched,
         }
 
     def render(self, rows, scores, return_scores: bool) -> list[list]:

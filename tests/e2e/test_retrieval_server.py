@@ -165,8 +165,8 @@ def test_load_2000_requests_at_concurrency_64(server: Server) -> None:
         async with AsyncRetrievalClient(server.url, max_retries=0, timeout=60) as ac:
 
             async def one(q: str):
-                async with gate:
-                    return (await ac.retrieve([q], topk=5))[0]
+                async with gate:  # one deeper than the reference, so the first asking of each is searched
+                    return (await ac.retrieve([q], topk=6))[0][:5]
 
             return await asyncio.gather(*(one(q) for q in queries), return_exceptions=True)
 
@@ -181,6 +181,8 @@ def test_load_2000_requests_at_concurrency_64(server: Server) -> None:
     requests_done = after["requests"] - before["requests"]
     # The hashing encoder searches in microseconds, so HTTP dominates and batches stay small; some still form.
     assert requests_done == 2000 and batches < requests_done
+    # Each question is searched once at the new depth; its 3 repeats share that search or hit the cache.
+    assert after["searched"] - before["searched"] == len(set(questions))
 
 
 def test_manifest_mismatch_is_refused(index: Path) -> None:

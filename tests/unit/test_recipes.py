@@ -188,7 +188,7 @@ def test_warmstart_recipe_trains_on_what_the_pipeline_runs(recipe: Path, tmp_pat
     from sage_rl.train.launch import load_train_config
     from sage_rl.train.search_agent_loop import SearchAgentConfig
     from sage_rl.train.sft import SearchSFTDataset, load_warmstart_config, verl_config
-    from sage_rl.warmstart import GoldConfig
+    from sage_rl.warmstart import REVISION_K, GoldConfig
 
     cfg = load_warmstart_config(recipe.stem, config_dir=recipe.parent)
     gold = GoldConfig.from_mapping(OmegaConf.to_container(cfg.gold))
@@ -199,6 +199,7 @@ def test_warmstart_recipe_trains_on_what_the_pipeline_runs(recipe: Path, tmp_pat
     assert gold.generator == generator_policy(gen.max_searches, 3, gen.max_obs_tokens)
     # Revision rows are rendered as sage-rl generate renders its feedback prompts.
     assert gold.max_trace_tokens == generate.loop.max_trace_tokens
+    assert REVISION_K == generate.solver.num_rollouts  # the failed attempts a revision prompt reports
     assert Path(cfg.model.path, "config.json").is_file()
     # What verl's SFT trainer receives: its own config, our dataset class, every interpolation resolvable.
     run_cfg = verl_config(cfg, tmp_path / "gold.parquet", tmp_path)

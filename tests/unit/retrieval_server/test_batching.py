@@ -102,3 +102,40 @@ def test_sequential_lone_requests_do_not_wait_for_company() -> None:
         return loop.time() - t
 
     assert asyncio.run(main()) < 0.5  # 5 requests; waiting for a fuller batch would take >= 2.5 s
+
+
+def test_a_query_is_searched_once_per_batch_and_reused_from_the_cache() -> None:
+    # A GRPO group: 4 rollouts of one question open with the same search, in one batch.
+    search = _RecordingSearch(delay=0)
+    batcher = MicroBatcher(search, max_batch_queries=64, max_wait_ms=50, cache_queries=2)
+
+    async def main():
+        group = await asyncio.gather(*(batcher.submit(["q-7"], 2) for _ in range(4)))
+        again = await batcher.submit(["q-7", "q-8"], 1)  # q-7 from the cache (shallower), q-8 searched
+        deeper = await batcher.submit(["q-7"], 3)  # the cache holds q-7 at depth 2: searched again
+        await batcher.submit(["q-9"], 1)
+        await batcher.submit(["q-10"], 1)  # evicts the least recently used (q-8): the cache holds 2
+        evicted = await batcher.submit(["q-8"], 1)
+        return group, again, deeper, evicted
+
+    group, again, deeper, evicted = asyncio.run(main())
+    assert [g.rows.tolist() for g in group] == [[[7000, 7001]]] * 4
+    assert again.rows.tolist() == [[7000], [8000]] and again.scores.tolist() == [[-7000.0], [-8000.0]]
+    assert deeper.rows.tolist() == [[7000, 7001, 7002]] and evicted.rows.tolist() == [[8000]]
+    assert search.batch_sizes == [1, 1, 1, 1, 1, 1]  # q-7, q-8, q-7 deeper, q-9, q-10, q-8 again
+    stats = batcher.stats()
+    assert (stats.queries, stats.searched) == (10, 6)
+
+
+def test_without_a_cache_only_repeats_within_a_batch_are_shared() -> None:
+    search = _RecordingSearch(delay=0)
+    batcher = MicroBatcher(search, max_batch_queries=64, max_wait_ms=1)
+
+    async def main():
+        first = await batcher.submit(["q-1", "q-1", "q-2"], 1)
+        second = await batcher.submit(["q-1"], 1)
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first.rows.tolist() == [[1000], [1000], [2000]] and second.rows.tolist() == [[1000]]
+    assert search.batch_sizes == [2, 1]
