@@ -100,8 +100,10 @@ def servers(model: str, llm_url: str | None, retrieval_url: str | None, retrieve
                            check=True, capture_output=True)
             port = free_port()
             retrieval_url = f"http://127.0.0.1:{port}"
+            # No query cache: the replay resends the evaluator's /retrieve calls and must redo their work.
             stack.enter_context(serving([sys.executable, "-m", "retrieval_server", "serve", "--index", str(index),
-                                         "--retriever", retriever, "--port", str(port)],
+                                         "--retriever", retriever, "--port", str(port),
+                                         "--batching.cache-queries", "0"],
                                         f"{retrieval_url}/health", tmp / "retrieval.log", 600))
         if llm_url is None:
             llm_url = stack.enter_context(vllm_server(

@@ -57,11 +57,17 @@ def run_train_stage(out: Path, recipe: str, steps: int,
                     train_questions: int) -> tuple[dict[int, dict[str, float]], float]:
     """The pipeline up to its train stage with `recipe`, which always reruns (an earlier run's would be skipped;
     the stages before it are reused); the train stage's step metrics and wall time."""
+    from omegaconf import OmegaConf
+
+    # The quickstart's own training overrides (its learning rate), with this run's step count.
+    shipped = OmegaConf.load(Path(__file__).resolve().parents[1] / "recipes/pipeline/quickstart_cpu.yaml")
+    overrides = [o for o in shipped.train.overrides if not o.startswith(("trainer.total_training_steps=",
+                                                                         "trainer.save_freq="))]
+    overrides += [f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}"]
     cmd = [str(Path(sys.executable).parent / "sage-rl"), "pipeline", "--config-name", "quickstart_cpu",
            f"run.output_dir={out}", "run.stages=[index,warmstart,generate,train]", f"train.recipe={recipe}",
            f"index.train_questions={train_questions}",
-           f"train.overrides=['trainer.total_training_steps={steps}','trainer.save_freq={steps}',"
-           "'actor_rollout_ref.actor.optim.lr=1e-5']", "run.redo=[train]"]
+           "train.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]", "run.redo=[train]"]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)

@@ -9,6 +9,10 @@ All three are measured in one run on the same machine, index (MiniLM, FAISS Flat
            each request encoded and searched alone in a thread pool, concurrently with the others
   server   the same server with cross-request micro-batching (defaults)
 Load: 1, 16, 64 concurrent clients sending one query per request, and 4 clients sending 32-query batches.
+These servers run without the query cache (`--batching.cache-queries 0`), since every load level resends the
+same questions. Then GRPO's load: each question sent by `--group` clients at once (a group's rollouts opening
+with the same search), 64 in flight, to the default server: exact copies (shared: searched once) against copies
+made distinct by trailing spaces (the same encoder work, each searched).
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=512, help="queries per load level")
     p.add_argument("--torch-threads", type=int, default=1, help="same for limit, naive and server; 0 = torch default")
     p.add_argument("--max-wait-ms", type=float, help="server batching wait (default: the server's)")
+    p.add_argument("--group", type=int, default=4, help="rollouts per question in the GRPO load (verl's rollout.n)")
     p.add_argument(
         "--naive-torch-threads",
         type=int,
@@ -128,8 +133,10 @@ def main() -> None:
     levels = [(1, 1), (16, 1), (64, 1), (4, 32)]
     results: dict[str, dict] = {}
     server_flags = [] if args.max_wait_ms is None else ["--max-wait-ms", str(args.max_wait_ms)]
+    no_cache = ["--batching.cache-queries", "0"]
     naive_threads = args.torch_threads if args.naive_torch_threads is None else args.naive_torch_threads
-    for name, extra in (("naive", ["--max-batch", "1", "--max-wait-ms", "0"]), ("server", server_flags)):
+    for name, extra in (("naive", ["--max-batch", "1", "--max-wait-ms", "0", *no_cache]),
+                        ("server", [*server_flags, *no_cache])):
         n_threads = naive_threads if name == "naive" else args.torch_threads
         threads = ["--torch-threads", str(n_threads)] if n_threads else []
         proc, url = start_server("--index", str(index), "--max-topk", "100", *threads, *extra)
@@ -144,6 +151,24 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait()
+    # GRPO's load: a question's rollouts are sampled together and open with the same search (the warm-started
+    # solver searches the question itself), so each question arrives `--group` times at once. Side by side on
+    # one server: the copies made distinct by trailing spaces (the same encoder work, as a server that does not
+    # share repeats does it: MiniLM's tokenizer drops the spaces) against exact copies.
+    grouped = [q for q in queries for _ in range(args.group)]
+    spaced = [q + " " * (j + 1) for q in queries for j in range(args.group)]
+    threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
+    proc, url = start_server("--index", str(index), "--max-topk", "100", *threads, *server_flags)
+    try:
+        asyncio.run(run_load(url, [f"warm-up {q}" for q in queries[:32]], 4, 1))
+        for name, load in (("grpo-apart", spaced), ("grpo-shared", grouped)):
+            before = httpx.get(f"{url}/health").json()
+            results[name] = res = asyncio.run(run_load(url, load, 64, 1))
+            after = httpx.get(f"{url}/health").json()
+            res["searched"] = (after["searched"] - before["searched"]) / (after["queries"] - before["queries"])
+    finally:
+        proc.terminate()
+        proc.wait()
     proc, url = start_searchr1_style(index)
     try:
         asyncio.run(run_load(url, queries[:32], 4, 1))  # warm up
@@ -184,6 +209,14 @@ def main() -> None:
     print(f"identical top-{TOPK} ids, server vs naive   = {same:.4f} of {len(s64['ids'])} queries")
     same_sr1 = np.mean([x == y for x, y in zip(s64["ids"], r64["ids"], strict=True)])
     print(f"identical top-{TOPK} ids, server vs sr1     = {same_sr1:.4f} of {len(s64['ids'])} queries")
+    apart, shared = results["grpo-apart"], results["grpo-shared"]
+    same_grpo = np.mean([x == y for x, y in zip(apart["ids"], shared["ids"], strict=True)])
+    print(f"\nGRPO load ({len(queries)} questions x {args.group} rollouts, 64 in flight, one query per request):")
+    for name, r in (("copies kept apart", apart), ("exact copies     ", shared)):
+        print(f"  {name}: {r['qps']:.1f} q/s, p50 {r['p50']:.3f} s, p99 {r['p99']:.3f} s, "
+              f"searched {r['searched']:.3f} of the queries")
+    print(f"  repeats shared / kept apart = {shared['qps'] / apart['qps']:.2f}x q/s; identical top-{TOPK} ids "
+          f"{same_grpo:.4f}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
