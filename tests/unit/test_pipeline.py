@@ -1,6 +1,7 @@
 """The main job's orchestration with stand-in stages: resume, failures, the console, the report."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -226,3 +227,19 @@ except KeyboardInterrupt:
         os.kill(child, 0)  # the stage's process went with the pipeline
     assert (tmp_path / "run" / "index" / "done.json").is_file()
     assert not (tmp_path / "run" / "warmstart" / "done.json").exists()
+
+
+def test_stages_run_at_lower_priority_and_the_pipeline_keeps_its_own(tmp_path):
+    # run.nice: training and vLLM yield the cores to the job's retrieval server (started by the pipeline itself).
+    probe = ("import os, pathlib; p = pathlib.Path('/proc/self/autogroup')\n"
+             "print(os.nice(0), p.read_text().split()[-1] if p.exists() else None)")
+    log = tmp_path / "child.log"
+    Console(verbose=False, nice=7).run([sys.executable, "-c", probe], log, "child")
+    nice, group = log.read_text().split()
+    autogroups = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if autogroups.exists() and autogroups.read_text().strip() == "1":
+        assert (int(nice), group) == (os.nice(0), "7")  # the child's session yields, not each process
+    else:
+        assert int(nice) == min(os.nice(0) + 7, 19)  # the kernel caps niceness at 19
+    Console(verbose=False).run([sys.executable, "-c", probe], log, "child")
+    assert int(log.read_text().split()[0]) == os.nice(0)
