@@ -24,7 +24,6 @@ bar mirrored from the child's own, and a short line per training step; `run.verb
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -122,20 +121,21 @@ class StageFailed(RuntimeError):
     """A stage's command failed; the message names its log."""
 
 
-def lower_priority(nice: int) -> None:
-    """In a stage's child, after it started its own session: lower that session's CPU priority by `nice`.
+def lower_priority(pid: int, nice: int) -> None:
+    """Lower the CPU priority of `pid`'s session (a stage, just started in a session of its own) by `nice`.
 
     With Linux's autogroup scheduling (on by default in many kernels) the CPU is shared between sessions first
-    and a process's niceness only orders it inside its session, so the session's own niceness is the one that
-    yields to the retrieval server; it leaves the priorities inside the stage (Ray's workers below its raylet)
-    as they were. Without autogroups, the stage's processes are niced."""
+    and a process's niceness only orders it inside its session, so the session's niceness is the one that
+    yields to the retrieval server; it applies to the processes the stage starts later too, and leaves the
+    priorities inside the stage (Ray's workers below its raylet) as they were. Without autogroups, the stage's
+    first process is niced and its children inherit it."""
     try:
         if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
-            Path("/proc/self/autogroup").write_text(str(nice))
+            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
             return
     except OSError:
         pass  # another OS, or a kernel built without autogroups
-    os.nice(nice)
+    os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, pid) + nice, 19))
 
 
 class Console:
@@ -166,8 +166,9 @@ class Console:
         with open(log, "w") as out, tqdm(desc=desc, total=None, disable=self.verbose, leave=False,
                                          bar_format=fmt) as shown:
             proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                    bufsize=1, start_new_session=True,
-                                    preexec_fn=functools.partial(lower_priority, self.nice) if self.nice else None)
+                                    bufsize=1, start_new_session=True)
+            if self.nice:  # Popen returns after the child's setsid and exec: it is alone in its session
+                lower_priority(proc.pid, self.nice)
             assert proc.stdout is not None
             try:
                 for raw in proc.stdout:
