@@ -57,12 +57,11 @@ def run_train_stage(out: Path, recipe: str, steps: int,
                     train_questions: int) -> tuple[dict[int, dict[str, float]], float]:
     """The pipeline up to its train stage with `recipe`, which always reruns (an earlier run's would be skipped;
     the stages before it are reused); the train stage's step metrics and wall time."""
-    from omegaconf import OmegaConf
+    from sage_rl.pipeline import load_pipeline_config
 
     # The quickstart's own training overrides (its learning rate), with this run's step count.
-    shipped = OmegaConf.load(Path(__file__).resolve().parents[1] / "recipes/pipeline/quickstart_cpu.yaml")
-    overrides = [o for o in shipped.train.overrides if not o.startswith(("trainer.total_training_steps=",
-                                                                         "trainer.save_freq="))]
+    shipped = load_pipeline_config("quickstart_cpu").train.overrides
+    overrides = [o for o in shipped if not o.startswith(("trainer.total_training_steps=", "trainer.save_freq="))]
     overrides += [f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}"]
     cmd = [str(Path(sys.executable).parent / "sage-rl"), "pipeline", "--config-name", "quickstart_cpu",
            f"run.output_dir={out}", "run.stages=[index,warmstart,generate,train]", f"train.recipe={recipe}",
