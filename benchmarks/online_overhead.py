@@ -11,14 +11,15 @@ waiting for the rollout server plus `/retrieve`).
 Targets (issue #8): online step time <= 1.15x static; retrieval < 10% of rollout time.
 
     python benchmarks/online_overhead.py [--steps 4] [--train-questions 128] [--out outputs/bench/online_overhead]
+                                         [--nice N] [--producer-nice N]
 
 `--train-questions` sets the job's static training questions and so the producer's seeds (it makes as many
 items): with the default 64 a producer on this box is done before verl's start-up is, so no step runs beside
 production; 128 keeps it producing through the steps, which is what the per-step overhead is about.
 Steps after the first are compared (step 1 carries vLLM's and the actor's warm-up). The producer's vLLM server
-shares the cores with training on a CPU box; the quickstart runs it at a lower CPU priority than training
-(`run.producer_nice` above `run.nice`), so it generates in the time training leaves. A GPU deployment puts the
-producer on its own servers.
+shares the cores with training on a CPU box; `--nice 10 --producer-nice 19` (the pipeline's `run.nice` and
+`run.producer_nice`; default: the quickstart's) runs it below training, so that it generates in the time
+training leaves. A GPU deployment puts the producer on its own servers.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def step_metrics(log: Path) -> dict[int, dict[str, float]]:
     return steps
 
 
-def run_train_stage(out: Path, recipe: str, steps: int,
-                    train_questions: int) -> tuple[dict[int, dict[str, float]], float]:
+def run_train_stage(out: Path, recipe: str, steps: int, train_questions: int,
+                    run_overrides: list[str]) -> tuple[dict[int, dict[str, float]], float]:
     """The pipeline up to its train stage with `recipe`, which always reruns (an earlier run's would be skipped;
     the stages before it are reused); the train stage's step metrics and wall time."""
     from sage_rl.pipeline import load_pipeline_config
@@ -67,7 +68,7 @@ def run_train_stage(out: Path, recipe: str, steps: int,
     cmd = [str(Path(sys.executable).parent / "sage-rl"), "pipeline", "--config-name", "quickstart_cpu",
            f"run.output_dir={out}", "run.stages=[index,warmstart,generate,train]", f"train.recipe={recipe}",
            f"index.train_questions={train_questions}",
-           "train.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]", "run.redo=[train]"]
+           "train.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]", "run.redo=[train]", *run_overrides]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -100,14 +101,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--train-questions", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/online_overhead"))
+    parser.add_argument("--nice", type=int, help="the stages' CPU priority (run.nice; default: the quickstart's)")
+    parser.add_argument("--producer-nice", type=int, help="the online producer's (run.producer_nice)")
     args = parser.parse_args()
     from sage_rl.pipeline import load_pipeline_config
 
-    run = load_pipeline_config("quickstart_cpu").run
+    priority = [f"run.{key}={value}" for key, value in (("nice", args.nice), ("producer_nice", args.producer_nice))
+                if value is not None]
+    run = load_pipeline_config("quickstart_cpu", priority).run
     print(f"CPU priority (quickstart_cpu): stages nice {run.nice}, the online producer's model server nice "  # noqa: T201
           f"{run.producer_nice}, the retrieval server 0")
-    static_steps, static_s = run_train_stage(args.out, "grpo_search_smollm2_cpu", args.steps, args.train_questions)
-    online_steps, online_s = run_train_stage(args.out, "online_smollm2_cpu", args.steps, args.train_questions)
+    static_steps, static_s = run_train_stage(args.out, "grpo_search_smollm2_cpu", args.steps, args.train_questions,
+                                             priority)
+    online_steps, online_s = run_train_stage(args.out, "online_smollm2_cpu", args.steps, args.train_questions,
+                                             priority)
     static = summarize("static", static_steps, static_s)
     online = summarize("online", online_steps, online_s)
     from sage_rl.train.launch import load_train_config
