@@ -80,7 +80,8 @@ def export_onnx(st_model, model_path: str, cache: Path, int8: bool) -> Path:
 
 def cpu_has_vnni() -> bool:
     """Whether the CPU has VNNI int8 dot products. Without them ONNX Runtime's u8s8 kernels can saturate, and its
-    docs advise 7-bit weights (`reduce_range`); on this AMX box 7-bit weights measured the same cosine to fp32."""
+    docs advise 7-bit weights (`reduce_range`); on an AMX box 7-bit weights measured the same cosine to fp32, on an
+    AVX2-only AMD EPYC (7-bit, the only choice there) min cosine 0.989 over the parity test's 32 questions."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

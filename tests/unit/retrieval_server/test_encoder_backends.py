@@ -53,6 +53,8 @@ def reference(texts: list[str]) -> np.ndarray:
 ])
 def test_backend_parity_with_torch_fp32(export_cache: Path, texts: list[str], reference: np.ndarray,
                                         backend: str, precision: str, min_cos: float) -> None:
+    if precision == "int8" and not encoder_runtime.cpu_has_vnni():
+        min_cos = 0.985  # 7-bit weights on a CPU without VNNI: min 0.98926 on a 2-core AVX2 AMD EPYC
     enc = load_encoder(EncoderConfig(backend=backend, precision=precision, torch_threads=2))
     emb = enc.encode_queries(texts)
     assert emb.shape == reference.shape and emb.dtype == np.float32
