@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sage_rl.files import atomic_write_text, folder_lock
-from sage_rl.serving import lower_priority, stop
+from sage_rl.serving import lower_priority, stop, vllm_server
 
 STAGES = ("index", "warmstart", "generate", "train", "eval", "report")
 _BAR_RE = re.compile(r"(?:^|\s)(\d+)/(\d+) \[")
@@ -301,7 +301,6 @@ def served_model(job: Job, model: str, name: str, log: Path, nice: int = 0) -> I
     """The model on vLLM for the duration of the block, served as the eval stage's recipe serves models (its
     `model.serve` args and env), its session's priority lowered by `nice`; yields its base URL."""
     from sage_rl.eval.config import load_eval_config
-    from sage_rl.serving import vllm_server
 
     serve = load_eval_config(job.cfg.eval.recipe, list(job.cfg.eval.overrides)).model.serve
     with vllm_server(model, name, log, args=serve.args, env=serve.env, timeout=serve.startup_timeout_s,

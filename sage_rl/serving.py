@@ -65,6 +65,14 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
     raise TimeoutError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+def autogroups_enabled() -> bool:
+    """Whether Linux shares the CPU between sessions first (autogroup scheduling)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False  # another OS, or a kernel built without autogroups
+
+
 def lower_priority(pid: int, nice: int) -> None:
     """Lower the CPU priority of `pid`'s session (a server or a stage, just started in a session of its own) by
     `nice` (0-19).
@@ -76,12 +84,9 @@ def lower_priority(pid: int, nice: int) -> None:
     and its children inherit it."""
     if not nice:
         return
-    try:
-        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
-            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
-            return
-    except OSError:
-        pass  # another OS, or a kernel built without autogroups
+    if autogroups_enabled():
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        return
     os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, pid) + nice, 19))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from priority import PROBE, assert_lowered, own_session
 
 from sage_rl import pipeline, pipeline_stages
 from sage_rl.pipeline import Console, Job, PipelineConfig, StageFailed, load_pipeline_config, run_pipeline
@@ -232,17 +233,8 @@ except KeyboardInterrupt:
 
 def test_stages_run_at_lower_priority_and_the_pipeline_keeps_its_own(tmp_path):
     # run.nice: training and vLLM yield the cores to the job's retrieval server (started by the pipeline itself).
-    probe = ("import os, pathlib, time; p = pathlib.Path('/proc/self/autogroup'); time.sleep(0.5)\n"
-             "print(os.nice(0), p.read_text().split()[-1] if p.exists() else None)")
-    log, ours = tmp_path / "child.log", Path("/proc/self/autogroup")
-    before = ours.read_text() if ours.exists() else None
+    probe, log, before = PROBE + "\nprint(seen)", tmp_path / "child.log", own_session()
     Console(verbose=False, nice=7).run([sys.executable, "-c", probe], log, "child")
-    nice, group = log.read_text().split()
-    autogroups = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    if autogroups.exists() and autogroups.read_text().strip() == "1":
-        assert (int(nice), group) == (os.nice(0), "7")  # the child's session yields, not each process
-        assert ours.read_text() == before  # the pipeline's session keeps its priority
-    else:
-        assert int(nice) == min(os.nice(0) + 7, 19)  # the kernel caps niceness at 19
+    assert_lowered(log.read_text(), 7, before)  # the pipeline's own session keeps its priority
     Console(verbose=False).run([sys.executable, "-c", probe], log, "child")
     assert int(log.read_text().split()[0]) == os.nice(0)
