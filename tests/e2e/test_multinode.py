@@ -115,8 +115,12 @@ def test_serve_replicas_spread_over_two_nodes(two_node_cluster: tuple[str, str],
         pids = _wait_for(lambda: _health_pids(url, 20), lambda p: len(p) == 2, timeout=30)
         assert len(pids) == 2, pids
 
-    # The CLI removed only its own application: the cluster (and any other Serve app on it) stays up.
-    assert _wait_for(lambda: _replica_nodes(dashboard), lambda p: not p) == {}
+    # The CLI removed only its own application: the cluster (and any other Serve app on it) stays up. Replicas
+    # drain gracefully (up to Serve's 20 s shutdown timeout each), which a busy shared box can stretch: allow 3 min
+    # and show the CLI's shutdown lines if they are still up (CI once saw both alive after 60 s, log not kept).
+    left = _wait_for(lambda: _replica_nodes(dashboard), lambda p: not p, timeout=180)
+    shutdown = [line for line in (tmp_path / "serve.log").read_text().splitlines() if "GET /health" not in line]
+    assert left == {}, "\n".join(shutdown[-40:])
 
 
 def test_cluster_launcher_example_is_valid() -> None:
