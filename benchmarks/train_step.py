@@ -1,10 +1,13 @@
 """Wall time of the CPU install and of CPU training steps, measured side by side in one run.
 
-    python benchmarks/train_step.py [--steps 3] [--skip-install]
+    python benchmarks/train_step.py [--steps 3] [--skip-install] [--process-baseline]
 
 1. `make install` into a fresh scratch venv (the first-time cost), then again (the no-op re-run).
 2. `sage-rl train --config-name grpo_tiny_cpu` for N steps; verl's own `timing_s/step` per step, plus the
    start-up time before the first step. Prints each figure and the ratios between them.
+3. With `--process-baseline`, the same run again with the process counts the CPU recipes had before they were
+   cut (8 reward-loop actors, 2 agent-loop actors, Ray pre-starting 16 idle workers), and the ratio of the two
+   start-ups: on 2 cores every extra process is an import of torch, verl and vLLM competing for them.
 Not a test: numbers depend on the machine and on what else runs on it.
 """
 
@@ -39,10 +42,17 @@ def bench_install() -> None:
     print(f"install, second run (no-op): {second:8.1f} s  ratio second/first = {second / first:.3f}")
 
 
-def bench_train(steps: int) -> None:
+# The CPU recipes' process counts before they were cut (recipes/train/cpu/tiny.yaml): verl's 8 reward-loop actors,
+# 2 agent-loop actors, and Ray's pre-start of num_cpus (16) idle workers.
+PROCESS_BASELINE = ["reward.num_workers=8", "actor_rollout_ref.rollout.agent.num_workers=2",
+                    "ray_kwargs.ray_init._system_config.prestart_worker_first_driver=true"]
+
+
+def bench_train(steps: int, overrides: list[str] = (), label: str = "train") -> float:
+    """Run the CPU recipe for `steps` steps, print its timings, return the start-up before step 1 (s)."""
     with tempfile.TemporaryDirectory(prefix="sage-rl-train-") as work:
         cmd = [sys.executable, "-m", "sage_rl.cli", "train", "--config-name", "grpo_tiny_cpu",
-               f"trainer.total_training_steps={steps}", "trainer.save_freq=-1"]
+               f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", *overrides]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         step_times: dict[int, float] = {}
@@ -58,21 +68,27 @@ def bench_train(steps: int) -> None:
     if proc.returncode or not step_times:
         sys.exit(f"training failed (status {proc.returncode}); run the command by hand: {' '.join(cmd)}")
     startup = first_step_seen - step_times[1]
-    print(f"train, whole run ({steps} steps)  : {total:8.1f} s")
-    print(f"train, start-up before step 1 : {startup:8.1f} s")
+    print(f"{label}, whole run ({steps} steps)  : {total:8.1f} s")
+    print(f"{label}, start-up before step 1 : {startup:8.1f} s")
     for step, seconds in sorted(step_times.items()):
         ratio = f"  ratio to step 1 = {seconds / step_times[1]:.3f}" if step > 1 else "  (includes warm-up)"
-        print(f"train, step {step} (timing_s/step): {seconds:8.1f} s{ratio}")
+        print(f"{label}, step {step} (timing_s/step): {seconds:8.1f} s{ratio}")
+    return startup
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--skip-install", action="store_true", help="only time training")
+    parser.add_argument("--process-baseline", action="store_true",
+                        help="also run with the recipes' earlier process counts and print the start-up ratio")
     args = parser.parse_args()
     if not args.skip_install:
         bench_install()
-    bench_train(args.steps)
+    startup = bench_train(args.steps)
+    if args.process_baseline:
+        before = bench_train(args.steps, PROCESS_BASELINE, label="baseline")
+        print(f"start-up, recipe / earlier process counts: {startup:.1f} / {before:.1f} s = {startup / before:.3f}")
 
 
 if __name__ == "__main__":
