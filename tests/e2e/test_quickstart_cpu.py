@@ -24,8 +24,8 @@ from test_warmstart_cpu import check_warmstart, private_cache
 
 from sage_rl.assets import embedded_questions
 
-# Kept out of the default test run for time (8.8 min at these settings on 2 cores, a third of it verl start-up and
-# the first GRPO step): `make test-quickstart` runs it.
+# Kept out of the default test run for time (8.8 min at these settings on 2 AMX cores, 18.1 on 2 AVX2 ones; a
+# third of it verl start-up and the first GRPO step): `make test-quickstart` runs it.
 pytestmark = [pytest.mark.e2e, pytest.mark.main_job]
 WARM_QUESTIONS = 8
 
