@@ -104,6 +104,20 @@ def train_run(variant: str, steps: int, out: Path) -> dict:
     return row
 
 
+def train_line(variant: str, r: dict, base: dict, steps: int) -> str:
+    return (f"GRPO, {variant}: stage {r['total_s']:.0f} s; steps 2-{steps}: {r['step']:.1f} s/step "
+            f"(ratio {r['step'] / base['step']:.3f}; gen {r['gen']:.1f}, old_log_prob {r['old_log_prob']:.1f}, "
+            f"update_actor {r['update_actor']:.1f} = ratio {r['update_actor'] / base['update_actor']:.3f}); "
+            f"actor vs vLLM probs: pearson {r['corr']:.4f}, mean |diff| {r['diff']:.4f}")
+
+
+def sft_line(variant: str, r: dict, base: dict, steps: int) -> str:
+    return (f"warm-start SFT, {variant}: {r['rows']} rows, {steps} steps in {r['total_s']:.0f} s "
+            f"(ratio {r['total_s'] / base['total_s']:.3f}); step 1 {r['step1_s']:.0f} s; later steps "
+            f"{r['step_s']:.1f} s/step (ratio {r['step_s'] / base['step_s']:.3f}); losses "
+            + " ".join(f"{x:.3f}" for x in r["losses"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", choices=["sft", "train"], default=["sft", "train"])
@@ -111,29 +125,18 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/packed_sequences"))
     args = parser.parse_args()
-    if "train" in args.part:
+    parts = [("train", TRAIN_VARIANTS, train_run, train_line, args.train_steps),  # train first: see the docstring
+             ("sft", SFT_VARIANTS, sft_run, sft_line, args.sft_steps)]
+    for part, variants, run, line, steps in parts:
+        if part not in args.part:
+            continue
         results = {}
-        for variant in TRAIN_VARIANTS:
-            results[variant] = train_run(variant, args.train_steps, args.out)
-            print(f"train, {variant}: done", file=sys.stderr, flush=True)
+        for variant in variants:
+            results[variant] = run(variant, steps, args.out)
+            print(f"{part}, {variant}: done", file=sys.stderr, flush=True)
         base = next(iter(results.values()))
         for variant, r in results.items():
-            print(f"GRPO, {variant}: stage {r['total_s']:.0f} s; steps 2-{args.train_steps}: {r['step']:.1f} s/step "
-                  f"(ratio {r['step'] / base['step']:.3f}; gen {r['gen']:.1f}, old_log_prob {r['old_log_prob']:.1f}, "
-                  f"update_actor {r['update_actor']:.1f} = ratio {r['update_actor'] / base['update_actor']:.3f}); "
-                  f"actor vs vLLM probs: pearson {r['corr']:.4f}, mean |diff| {r['diff']:.4f}")
-    if "sft" in args.part:
-        results = {}
-        for variant in SFT_VARIANTS:
-            results[variant] = sft_run(variant, args.sft_steps, args.out)
-            print(f"sft, {variant}: done", file=sys.stderr, flush=True)
-        base = next(iter(results.values()))
-        for variant, r in results.items():
-            print(f"warm-start SFT, {variant}: {r['rows']} rows, {args.sft_steps} steps in {r['total_s']:.0f} s "
-                  f"(ratio {r['total_s'] / base['total_s']:.3f}); step 1 {r['step1_s']:.0f} s; later steps "
-                  f"{r['step_s']:.1f} s/step (ratio {r['step_s'] / base['step_s']:.3f}); losses "
-                  + " ".join(f"{x:.3f}" for x in r["losses"]))
-
+            print(line(variant, r, base, steps))
 
 if __name__ == "__main__":
     main()
