@@ -3,13 +3,13 @@
     python benchmarks/packed_sequences.py [--part sft train] [--sft-steps 5] [--train-steps 3]
                                           [--out outputs/bench/packed_sequences]
 
-With `model.use_remove_padding` off, verl's FSDP engine pads every micro-batch: the warm-start's SFT pads a
-micro-batch's rows to its longest (gold rows run from ~400-token solver trajectories to ~1,200-token revision
-prompts), and PPO pads each trajectory to max_prompt_length + max_response_length (640 tokens in the CPU search
-recipes, ~440 used). With it on, a micro-batch's rows are packed into one sequence with no pad tokens and told
-apart by their position ids, which transformers' SDPA attention turns into a block-diagonal mask (no
-flash-attention needed; `tests/unit/test_packed_attention.py`). The loss sums over the batch's real tokens either
-way, so the setting changes the time, not the update.
+With `model.use_remove_padding` off, verl's FSDP engine pads each micro-batch's rows to its longest
+(`transformer_impl.prepare_model_inputs`): in the warm-start's SFT, gold rows run from ~400-token solver
+trajectories to ~1,200-token revision prompts; in PPO, trajectories of ~440 tokens (the CPU search recipes) vary
+less, and at micro-batch 1 (the CPU recipes') nothing is padded. With it on, a micro-batch's rows are packed
+into one sequence with no pad tokens and told apart by their position ids, which transformers' SDPA attention
+turns into a block-diagonal mask (no flash-attention needed; `tests/unit/test_packed_attention.py`). The loss
+sums over the batch's real tokens either way, so these settings change the time, not the update.
 
 `train` runs first (on the quickstart's own warm-start), then `sft`, which redoes the folder's warm-start stage.
 `sft`: the quickstart's warm-start stage (its index, gold rows and settings) with
