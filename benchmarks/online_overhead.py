@@ -56,16 +56,16 @@ def step_metrics(log: Path) -> dict[int, dict[str, float]]:
     return steps
 
 
-def run_train_stage(out: Path, recipe: str, steps: int, train_questions: int,
-                    run_overrides: list[str]) -> tuple[dict[int, dict[str, float]], float]:
-    """The pipeline up to its train stage with `recipe`, which always reruns (an earlier run's would be skipped;
-    the stages before it are reused); the train stage's step metrics and wall time."""
+def run_train_stage(out: Path, recipe: str, steps: int, train_questions: int, run_overrides: list[str],
+                    train_overrides: list[str] = ()) -> tuple[dict[int, dict[str, float]], float]:
+    """The pipeline up to its train stage with `recipe` (plus `train_overrides`), which always reruns (an earlier
+    run's would be skipped; the stages before it are reused); the train stage's step metrics and wall time."""
     from sage_rl.pipeline import load_pipeline_config
 
     # The quickstart's own training overrides (its learning rate), with this run's step count.
     shipped = load_pipeline_config("quickstart_cpu").train.overrides
     overrides = [o for o in shipped if not o.startswith(("trainer.total_training_steps=", "trainer.save_freq="))]
-    overrides += [f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}"]
+    overrides += [f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}", *train_overrides]
     cmd = [str(Path(sys.executable).parent / "sage-rl"), "pipeline", "--config-name", "quickstart_cpu",
            f"run.output_dir={out}", "run.stages=[index,warmstart,generate,train]", f"train.recipe={recipe}",
            f"index.train_questions={train_questions}",

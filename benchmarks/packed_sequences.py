@@ -35,7 +35,7 @@ from statistics import mean
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from online_overhead import step_metrics  # noqa: E402
+from online_overhead import run_train_stage  # noqa: E402
 
 ELAPSED = re.compile(r"Epoch \d+/\d+:\s*\d+%\|[^|]*\|\s*(\d+)/\d+ \[(?:(\d+):)?(\d+):(\d+)<")  # the SFT's tqdm bar
 SFT_VARIANTS = {  # name -> the warm-start recipe's overrides; the first is the ratios' baseline
@@ -54,25 +54,18 @@ TRAIN_VARIANTS = {
 }
 
 
-def pipeline(out: Path, stages: str, redo: str, stage_overrides: str) -> None:
-    cmd = [sys.executable, "-m", "sage_rl.cli", "pipeline", "--config-name", "quickstart_cpu",
-           f"run.output_dir={out}", f"run.stages=[{stages}]", f"run.redo=[{redo}]", stage_overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"pipeline failed (status {proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}"
-                 f"{proc.stderr[-3000:]}")
-
-
-def listed(overrides: list[str]) -> str:
-    return "[" + ",".join(f"'{o}'" for o in overrides) + "]"
-
-
 def sft_run(variant: str, steps: int, out: Path) -> dict:
     from sage_rl.pipeline import load_pipeline_config
 
     shipped = list(load_pipeline_config("quickstart_cpu").warmstart.overrides)
     overrides = [*shipped, f"trainer.total_training_steps={steps}", *SFT_VARIANTS[variant]]
-    pipeline(out, "index,warmstart", "warmstart", f"warmstart.overrides={listed(overrides)}")
+    cmd = [sys.executable, "-m", "sage_rl.cli", "pipeline", "--config-name", "quickstart_cpu", f"run.output_dir={out}",
+           "run.stages=[index,warmstart]", "run.redo=[warmstart]",
+           "warmstart.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"warm-start failed (status {proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}"
+                 f"{proc.stderr[-3000:]}")
     report = json.loads((out / "warmstart" / "warmstart.json").read_text())
     elapsed = {}
     for match in ELAPSED.finditer((out / "warmstart" / "sft.log").read_text()):
@@ -88,17 +81,12 @@ def sft_run(variant: str, steps: int, out: Path) -> dict:
 def train_run(variant: str, steps: int, out: Path) -> dict:
     from sage_rl.pipeline import load_pipeline_config
 
-    shipped = [o for o in load_pipeline_config("quickstart_cpu").train.overrides
-               if not o.startswith(("trainer.total_training_steps=", "trainer.save_freq="))]
-    overrides = [*shipped, f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}",
-                 *TRAIN_VARIANTS[variant]]
-    pipeline(out, "index,warmstart,generate,train", "train", f"train.overrides={listed(overrides)}")
-    metrics = step_metrics(out / "logs" / "train.log")
+    questions = load_pipeline_config("quickstart_cpu").index.train_questions
+    metrics, seconds = run_train_stage(out, "grpo_search_smollm2_cpu", steps, questions, [], TRAIN_VARIANTS[variant])
     later = [v for k, v in sorted(metrics.items()) if k > 1] or list(metrics.values())
-    done = json.loads((out / "train" / "done.json").read_text())
     row = {key: mean(v.get(f"timing_s/{key}", float("nan")) for v in later)
            for key in ("step", "gen", "old_log_prob", "update_actor")}
-    row["total_s"] = float(done.get("seconds", float("nan")))
+    row["total_s"] = seconds
     row["corr"] = mean(v.get("training/rollout_actor_probs_pearson_corr", float("nan")) for v in metrics.values())
     row["diff"] = mean(v.get("training/rollout_probs_diff_mean", float("nan")) for v in metrics.values())
     return row
@@ -137,6 +125,7 @@ def main() -> None:
         base = next(iter(results.values()))
         for variant, r in results.items():
             print(line(variant, r, base, steps))
+
 
 if __name__ == "__main__":
     main()
