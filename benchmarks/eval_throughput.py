@@ -12,7 +12,11 @@
 Ratio = completion tokens/s of the evaluator (first request to last answer) / of the replay (target >= 0.9:
 the evaluator keeps the server busy). Retrieval share = time episodes waited for `/retrieve` / their time.
 
-    python benchmarks/eval_throughput.py [--questions 48] [--concurrency 8] [--retriever dense|bm25] [--model DIR]
+    python benchmarks/eval_throughput.py [--questions 48] [--concurrency 8 [16 ...]] [--retriever dense|bm25]
+                                         [--model DIR]
+
+With several `--concurrency` values, each is measured in turn on the same servers and the evaluator's tokens/s
+are compared with the first's (how many model slots the eval recipe should open on this box).
 """
 
 from __future__ import annotations
@@ -106,16 +110,19 @@ def servers(model: str, llm_url: str | None, retrieval_url: str | None, retrieve
                                          "--batching.cache-queries", "0"],
                                         f"{retrieval_url}/health", tmp / "retrieval.log", 600))
         if llm_url is None:
+            # Dev mode: POST /reset_prefix_cache, so one concurrency's run does not warm the cache for the next.
             llm_url = stack.enter_context(vllm_server(
-                model, "smollm2", tmp / "vllm.log", env=CPU_SERVING_ENV, timeout=900,
+                model, "smollm2", tmp / "vllm.log", env={**CPU_SERVING_ENV, "VLLM_SERVER_DEV_MODE": "1"}, timeout=900,
                 args=["--dtype", cpu_dtype(), "--enforce-eager", "--max-model-len", "4096"]))
         yield llm_url, retrieval_url
 
 
 async def measure(model: str, llm_url: str, retrieval_url: str, questions: int, concurrency: int,
-                  out_dir: Path) -> None:
+                  out_dir: Path) -> float:
+    """Evaluate, replay, print the figures; the evaluator's completion tokens per second."""
     import json
 
+    import httpx
     from transformers import AutoTokenizer
 
     from retrieval_server.client import AsyncRetrievalClient
@@ -127,6 +134,9 @@ async def measure(model: str, llm_url: str, retrieval_url: str, questions: int, 
         f"sampling.max_concurrency={concurrency}", f"benchmarks=[{{name: hotpotqa-test, limit: {questions}}}]",
         f"run.output_dir={out_dir}", "run.progress=false"])
     tokenizer = AutoTokenizer.from_pretrained(model)
+    async with httpx.AsyncClient() as http:  # a server started elsewhere may not have the dev endpoint: fine
+        reset = await http.post(llm_url.removesuffix("/v1") + "/reset_prefix_cache")
+        print(f"prefix cache reset: HTTP {reset.status_code}")
     llm = OpenAIChatModel(llm_url, "smollm2", max_concurrency=concurrency, timeout=600,
                           temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens)
     recording = Recording(llm)
@@ -151,6 +161,7 @@ async def measure(model: str, llm_url: str, retrieval_url: str, questions: int, 
     print(f"ratio={ours / limit:.3f} ({'PASS' if ours / limit >= 0.9 else 'FAIL'}: target >= 0.90)")
     print(f"retrieval share of episode time: {client.waited / episode_s:.3f} "
           f"({client.waited:.1f}s waiting for /retrieve over {episode_s:.1f}s of episodes)")
+    return ours
 
 
 def main() -> None:
@@ -158,7 +169,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=48)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8],
+                        help="model slots (sampling.max_concurrency); several: each measured on the same servers, "
+                             "tokens/s compared with the first's")
     parser.add_argument("--model", default=None, help="HF folder to serve (default: the embedded SmolLM2)")
     parser.add_argument("--retriever", choices=["dense", "bm25"], default="dense")
     parser.add_argument("--llm-url", default=None, help="a running endpoint serving --model as `smollm2`")
@@ -168,7 +181,11 @@ def main() -> None:
     model = args.model or str(smollm2_path())
     with tempfile.TemporaryDirectory() as tmp, \
             servers(model, args.llm_url, args.retrieval_url, args.retriever, Path(tmp)) as (llm, ret):
-        asyncio.run(measure(model, llm, ret, args.questions, args.concurrency, Path(tmp) / "run"))
+        rates = {c: asyncio.run(measure(model, llm, ret, args.questions, c, Path(tmp) / f"run{c}"))
+                 for c in args.concurrency}
+    first = args.concurrency[0]
+    for c, rate in rates.items():
+        print(f"concurrency {c}: evaluator {rate:.1f} tok/s = {rate / rates[first]:.3f}x concurrency {first}")
 
 
 if __name__ == "__main__":

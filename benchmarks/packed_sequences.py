@@ -54,11 +54,12 @@ TRAIN_VARIANTS = {
 }
 
 
-def sft_run(variant: str, steps: int, out: Path) -> dict:
+def sft_run(variant: list[str], steps: int, out: Path) -> dict:
+    """The quickstart's warm-start stage for `steps` SFT steps with the recipe overrides `variant`."""
     from sage_rl.pipeline import load_pipeline_config
 
     shipped = list(load_pipeline_config("quickstart_cpu").warmstart.overrides)
-    overrides = [*shipped, f"trainer.total_training_steps={steps}", *SFT_VARIANTS[variant]]
+    overrides = [*shipped, f"trainer.total_training_steps={steps}", *variant]
     cmd = [sys.executable, "-m", "sage_rl.cli", "pipeline", "--config-name", "quickstart_cpu", f"run.output_dir={out}",
            "run.stages=[index,warmstart]", "run.redo=[warmstart]",
            "warmstart.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]"]
@@ -78,17 +79,22 @@ def sft_run(variant: str, steps: int, out: Path) -> dict:
             "rows": report["training"]["rows"]}
 
 
-def train_run(variant: str, steps: int, out: Path) -> dict:
+def train_run(variant: list[str], steps: int, out: Path) -> dict:
+    """The quickstart's training stage for `steps` GRPO steps with the recipe overrides `variant`: verl's
+    `timing_s/*` (mean over the steps after the first), the stage's wall time, and per-step means of the
+    actor-vs-vLLM agreement, the PPO ratio's statistics and the actor process's memory."""
     from sage_rl.pipeline import load_pipeline_config
 
     questions = load_pipeline_config("quickstart_cpu").index.train_questions
-    metrics, seconds = run_train_stage(out, "grpo_search_smollm2_cpu", steps, questions, [], TRAIN_VARIANTS[variant])
+    metrics, seconds = run_train_stage(out, "grpo_search_smollm2_cpu", steps, questions, [], variant)
     later = [v for k, v in sorted(metrics.items()) if k > 1] or list(metrics.values())
     row = {key: mean(v.get(f"timing_s/{key}", float("nan")) for v in later)
            for key in ("step", "gen", "old_log_prob", "update_actor")}
     row["total_s"] = seconds
-    row["corr"] = mean(v.get("training/rollout_actor_probs_pearson_corr", float("nan")) for v in metrics.values())
-    row["diff"] = mean(v.get("training/rollout_probs_diff_mean", float("nan")) for v in metrics.values())
+    for key, metric in (("corr", "training/rollout_actor_probs_pearson_corr"),
+                        ("diff", "training/rollout_probs_diff_mean"), ("ppo_kl", "actor/ppo_kl"),
+                        ("clipfrac", "actor/pg_clipfrac"), ("memory_gb", "actor/perf/cpu_memory_used_gb")):
+        row[key] = mean(v.get(metric, float("nan")) for v in metrics.values())
     return row
 
 
@@ -120,7 +126,7 @@ def main() -> None:
             continue
         results = {}
         for variant in variants:
-            results[variant] = run(variant, steps, args.out)
+            results[variant] = run(variants[variant], steps, args.out)
             print(f"{part}, {variant}: done", file=sys.stderr, flush=True)
         base = next(iter(results.values()))
         for variant, r in results.items():

@@ -18,6 +18,11 @@ returns if any is present. Otherwise it registers the platform and applies these
   originals, so verl's in-place weight sync to the rollout engine fails (`'Parameter' object has no
   attribute 'weight_loader'`), and the lm_head would keep serving its stale packed copy. We keep the
   plain weights and `F.linear`, so every synced weight is the weight vLLM computes with.
+- `_use_the_cores`: Ray starts actors that reserve no CPU (verl's training workers on our fake GPU
+  resource) with `OMP_NUM_THREADS=1`, so the actor's log-prob and update passes ran on one core while vLLM's
+  rollouts used all of them. verl's phases take turns (rollouts, then log-probs, then the update), so each
+  training worker now gets its share of the process's cores when it joins the process group
+  (`SAGE_RL_TRAIN_THREADS` sets the number).
 - `_set_env_defaults`: verl registers its FSDP engines for `cuda`/`npu` only (`VERL_ENGINE_DEVICE=cuda`
   selects them; they run on CPU because our platform's current device is `"cpu"`); vLLM needs
   `VLLM_TARGET_DEVICE=cpu` and a KV-cache size in GB.
@@ -43,6 +48,7 @@ from sage_rl.serving import CPU_SERVING_ENV
 logger = logging.getLogger(__name__)
 
 PLATFORM_NAME = "cpu"
+TRAIN_THREADS_ENV = "SAGE_RL_TRAIN_THREADS"
 ENV_DEFAULTS = {
     "VERL_ENGINE_DEVICE": "cuda",
     "VLLM_TARGET_DEVICE": "cpu",
@@ -227,6 +233,7 @@ def _patch_process_group() -> None:
         return
 
     def initialize_global_process_group_ray(timeout_second=None, backend=None):
+        _use_the_cores()
         return original(timeout_second=timeout_second, backend=backend or "gloo")
 
     def initialize_global_process_group(timeout_second=36000):
@@ -238,6 +245,22 @@ def _patch_process_group() -> None:
     initialize_global_process_group_ray._sage_rl_cpu = True
     dist.initialize_global_process_group_ray = initialize_global_process_group_ray
     dist.initialize_global_process_group = initialize_global_process_group
+
+
+def train_threads() -> int:
+    """Torch threads for a verl training worker: `SAGE_RL_TRAIN_THREADS`, else this process's cores shared
+    by the node's training ranks (verl's `RAY_LOCAL_WORLD_SIZE`)."""
+    if value := os.environ.get(TRAIN_THREADS_ENV, "").strip():
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{TRAIN_THREADS_ENV} must be a positive integer, got {value!r}")
+        return int(value)
+    ranks = max(1, int(os.environ.get("RAY_LOCAL_WORLD_SIZE", "1")))
+    return max(1, len(os.sched_getaffinity(0)) // ranks)
+
+
+def _use_the_cores() -> None:
+    torch.set_num_threads(train_threads())
+    logger.info("verl training worker: %d torch threads", torch.get_num_threads())
 
 
 def _patch_vllm_version() -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def _run(code: str, **env: str) -> dict:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "VLLM_"))}
@@ -46,6 +48,39 @@ def test_process_group_uses_plain_gloo():
         dist.destroy_process_group()
     """, MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1")
     assert result == {"backend": "gloo", "world": 1}
+
+
+def test_ray_training_workers_compute_on_every_core():
+    # Ray starts verl's training workers with OMP_NUM_THREADS=1; joining the process group gives them the cores.
+    code = """
+        import json, os, torch, torch.distributed as dist
+        import verl.utils.distributed as vd
+        before = torch.get_num_threads()
+        vd.initialize_global_process_group_ray(timeout_second=60)
+        print(json.dumps({"before": before, "after": torch.get_num_threads(),
+                          "cores": len(os.sched_getaffinity(0))}))
+        dist.destroy_process_group()
+    """
+    env = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "OMP_NUM_THREADS": "1"}
+    result = _run(code, MASTER_PORT="29535", **env)
+    assert result["before"] == 1
+    assert result["after"] == result["cores"]
+    assert _run(code, MASTER_PORT="29536", SAGE_RL_TRAIN_THREADS="3", **env)["after"] == 3
+
+
+def test_train_threads_share_the_cores_among_local_ranks(monkeypatch):
+    from sage_rl.train import cpu_platform
+
+    monkeypatch.delenv("SAGE_RL_TRAIN_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "2")
+    assert cpu_platform.train_threads() == 4
+    monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "16")
+    assert cpu_platform.train_threads() == 1
+    for bad in ("0", "two"):
+        monkeypatch.setenv("SAGE_RL_TRAIN_THREADS", bad)
+        with pytest.raises(ValueError, match="SAGE_RL_TRAIN_THREADS"):
+            cpu_platform.train_threads()
 
 
 def test_torchrun_process_group_uses_plain_gloo():
