@@ -1,10 +1,10 @@
 """`sage-rl eval` against the box's own limit on the same work, and retrieval's share of the episodes' time.
 
-1. The evaluator (the shipped CPU recipe `eval/smollm2_cpu`: its episode, 8 model slots) runs N HotpotQA test
-   questions against a real vLLM server (`--model`, default the embedded SmolLM2; a model that searches, e.g.
-   the warm-start, makes the retrieval figure mean something) and the real retrieval server over the embedded
-   corpus (`--retriever dense|bm25`), both started here unless URLs are given. Every chat request and every
-   `/retrieve` call it makes is recorded.
+1. The evaluator (the shipped CPU recipe `eval/smollm2_cpu`: its episode; `--concurrency` model slots) runs N
+   HotpotQA test questions against a real vLLM server (`--model`, default the embedded SmolLM2; a model that
+   searches, e.g. the warm-start, makes the retrieval figure mean something) and the real retrieval server over
+   the embedded corpus (`--retriever dense|bm25`), both started here unless URLs are given. Every chat request
+   and every `/retrieve` call it makes is recorded.
 2. The same chat requests (same number in flight) and the same `/retrieve` calls are replayed at once, none
    waiting for another: the most this box gives for exactly this work. Greedy decoding with per-episode seeds,
    so the same tokens come back (the per-request token counts that match are printed as a check).
