@@ -8,8 +8,9 @@ The quickstart's training stage (`grpo_search_smollm2_cpu` on its own warm-start
   starts the worker with `OMP_NUM_THREADS=1`, so before the plugin set them its log-prob and update passes ran on
   one core; the first variant pins that old behaviour;
 - `actor_rollout_ref.model.enable_gradient_checkpointing` (verl's default: on) recomputes each layer's forward
-  pass during the backward pass to save activation memory: with micro-batches of one ~400-token trajectory of a
-  135M model there is little to save, and the recomputation is about a third of `update_actor`;
+  pass during the backward pass to save activation memory, of which micro-batches of one ~400-token trajectory of
+  a 135M model need little (on an AVX512-BF16 box turning it off did not shorten `update_actor`: the recipes keep
+  verl's default);
 - `algorithm.rollout_correction.bypass_mode` takes vLLM's log-probs of the sampled tokens as PPO's old
   log-probs instead of recomputing them with the actor (`old_log_prob`, a forward pass over the batch). With one
   PPO epoch of one mini-batch (the CPU recipes'), the recomputed old log-probs equal the actor's, so the PPO ratio
