@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from packed_sequences import train_run  # noqa: E402
+from packed_sequences import compare, train_run  # noqa: E402
 
 THREADS = "SAGE_RL_TRAIN_THREADS"
 CHECKPOINTING = "actor_rollout_ref.model.enable_gradient_checkpointing"
@@ -44,24 +44,29 @@ VARIANTS = {  # name -> (environment, the training recipe's overrides); the firs
 }
 
 
+def run_with_env(variant: tuple[dict[str, str], list[str]], steps: int, out: Path) -> dict:
+    """`train_run` with the variant's environment, which the pipeline's processes (Ray's workers among them)
+    inherit."""
+    env, overrides = variant
+    os.environ.pop(THREADS, None)
+    os.environ.update(env)
+    return train_run(overrides, steps, out)
+
+
+def line(name: str, r: dict, base: dict, steps: int) -> str:
+    return (f"GRPO, {name}: stage {r['total_s']:.0f} s (ratio {r['total_s'] / base['total_s']:.3f}); steps "
+            f"2-{steps}: {r['step']:.1f} s/step (ratio {r['step'] / base['step']:.3f}; gen {r['gen']:.1f}, "
+            f"old_log_prob {r['old_log_prob']:.1f}, update_actor {r['update_actor']:.1f}); actor memory "
+            f"{r['memory_gb']:.2f} GB; ppo_kl {r['ppo_kl']:.2e}, clipped {r['clipfrac']:.4f}; "
+            f"actor vs vLLM pearson {r['corr']:.4f} (recomputed only)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/grpo_step"))
     args = parser.parse_args()
-    results = {}
-    for name, (env, overrides) in VARIANTS.items():
-        os.environ.pop(THREADS, None)
-        os.environ.update(env)  # the pipeline's processes, Ray's workers among them, inherit it
-        results[name] = train_run(overrides, args.steps, args.out)
-        print(f"{name}: done", file=sys.stderr, flush=True)
-    base = next(iter(results.values()))
-    for name, r in results.items():
-        print(f"GRPO, {name}: stage {r['total_s']:.0f} s (ratio {r['total_s'] / base['total_s']:.3f}); steps "
-              f"2-{args.steps}: {r['step']:.1f} s/step (ratio {r['step'] / base['step']:.3f}; gen {r['gen']:.1f}, "
-              f"old_log_prob {r['old_log_prob']:.1f}, update_actor {r['update_actor']:.1f}); actor memory "
-              f"{r['memory_gb']:.2f} GB; ppo_kl {r['ppo_kl']:.2e}, clipped {r['clipfrac']:.4f}; "
-              f"actor vs vLLM pearson {r['corr']:.4f} (recomputed only)")
+    compare("train", VARIANTS, run_with_env, line, args.steps, args.out)
 
 
 if __name__ == "__main__":

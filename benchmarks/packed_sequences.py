@@ -112,6 +112,18 @@ def sft_line(variant: str, r: dict, base: dict, steps: int) -> str:
             + " ".join(f"{x:.3f}" for x in r["losses"]))
 
 
+def compare(part: str, variants: dict, run, line, steps: int, out: Path) -> None:
+    """Run each variant (`run(variants[name], steps, out)`) in turn, then print one `line` per variant against the
+    first (the baseline)."""
+    results = {}
+    for variant, setting in variants.items():
+        results[variant] = run(setting, steps, out)
+        print(f"{part}, {variant}: done", file=sys.stderr, flush=True)
+    base = next(iter(results.values()))
+    for variant, r in results.items():
+        print(line(variant, r, base, steps))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", choices=["sft", "train"], default=["sft", "train"])
@@ -122,15 +134,8 @@ def main() -> None:
     parts = [("train", TRAIN_VARIANTS, train_run, train_line, args.train_steps),  # train first: see the docstring
              ("sft", SFT_VARIANTS, sft_run, sft_line, args.sft_steps)]
     for part, variants, run, line, steps in parts:
-        if part not in args.part:
-            continue
-        results = {}
-        for variant in variants:
-            results[variant] = run(variants[variant], steps, args.out)
-            print(f"{part}, {variant}: done", file=sys.stderr, flush=True)
-        base = next(iter(results.values()))
-        for variant, r in results.items():
-            print(line(variant, r, base, steps))
+        if part in args.part:
+            compare(part, variants, run, line, steps, args.out)
 
 
 if __name__ == "__main__":
