@@ -23,6 +23,19 @@ import httpx
 
 logger = logging.getLogger(__name__)
 
+KEEPALIVE_EXPIRY_S = 2.0
+"""Seconds a pooled connection may sit idle before the client drops it. uvicorn (the retrieval server's, vLLM's)
+closes idle connections after 5 s, httpx's default keeps them 5 s: a request sent on a connection the server is
+closing at that moment fails with a ReadError (one to four retried failures per quickstart evaluation). Staying
+below the server's keep-alive leaves it no connection to close under a request."""
+
+
+def pool_limits(max_connections: int) -> httpx.Limits:
+    """The connection pool of an httpx client of a uvicorn server: `max_connections` kept, none past
+    `KEEPALIVE_EXPIRY_S` idle."""
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                        keepalive_expiry=KEEPALIVE_EXPIRY_S)
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -171,7 +184,7 @@ class RetrievalClient:
         self._http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=pool_limits(max_connections),
             transport=transport,
         )
 
@@ -239,7 +252,7 @@ class AsyncRetrievalClient:
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=pool_limits(max_connections),
             transport=transport,
         )
 

@@ -34,6 +34,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from retrieval_server.client import pool_limits
+
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
@@ -111,7 +113,7 @@ class OpenAIChatModel:
         # Created lazily so the semaphore and connection pool belong to the running event loop.
         if self._client is None or self._sem is None:
             self._sem = asyncio.Semaphore(self.max_concurrency)
-            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+            limits = pool_limits(self.max_concurrency)  # below the server's keep-alive, see there
             self._client = httpx.AsyncClient(
                 base_url=self.base_url, headers=self._headers, timeout=self.timeout, limits=limits
             )

@@ -132,3 +132,55 @@ def test_sync_and_async_clients_retry_the_same_failures(status: int, retried: bo
         with pytest.raises(RetrievalError, match=f"boom {status}"):
             asyncio.run(attempt_async())
     assert len(sync_calls) == len(async_calls) == (2 if retried else 1)
+
+
+def test_clients_drop_idle_connections_before_uvicorn_closes_them() -> None:
+    """Against a real uvicorn server (its default 5 s keep-alive, as the retrieval server and vLLM run), both
+    HTTP clients reuse a connection right away but open a fresh one after `KEEPALIVE_EXPIRY_S` idle, so they
+    never send on a connection the server is closing (the ReadErrors the quickstart's evaluations retried)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from retrieval_server.client import KEEPALIVE_EXPIRY_S
+    from sage_rl.llm import OpenAIChatModel
+    from sage_rl.serving import free_port
+
+    assert KEEPALIVE_EXPIRY_S < uvicorn.Config(app=None).timeout_keep_alive
+    ports: dict[str, list[int]] = {"/health": [], "/v1/chat/completions": []}
+
+    async def app(scope, receive, send):  # a bare ASGI app: which client port each request came from
+        if scope["type"] != "http":
+            return
+        ports[scope["path"]].append(scope["client"][1])
+        body = {"status": "ok"} if scope["path"] == "/health" else {
+            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {}}
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    llm = OpenAIChatModel(f"{url}/v1", "m", max_retries=0)
+
+    async def requests(client: RetrievalClient) -> None:
+        for pause in (0.0, 0.0, KEEPALIVE_EXPIRY_S + 0.5):
+            await asyncio.sleep(pause)
+            client.health()
+            await llm.chat([{"role": "user", "content": "x"}])
+        await llm.aclose()
+
+    try:
+        with RetrievalClient(url, max_retries=0) as client:
+            asyncio.run(requests(client))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    health, chat = ports["/health"], ports["/v1/chat/completions"]
+    assert health[0] == health[1] != health[2]  # reused at once, fresh after the idle pause
+    assert chat[0] == chat[1] != chat[2]
