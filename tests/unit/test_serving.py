@@ -1,4 +1,4 @@
-"""`sage_rl.serving`: a server's session priority."""
+"""`sage_rl.serving`: a server's session priority; servers started together, and all stopped."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
 from priority import PROBE, assert_lowered, own_session
 
-from sage_rl.serving import free_port, serving
+from sage_rl.serving import Server, free_port, serving, serving_all
 
 # PROBE, then it writes what it saw to argv[1] and serves on port argv[2].
 SERVER = PROBE + ("\nimport http.server as h, sys; pathlib.Path(sys.argv[1]).write_text(seen)\n"
@@ -28,3 +30,37 @@ def test_a_server_session_can_yield_the_cores(tmp_path):
     before = own_session()
     assert_lowered(_served_priority(tmp_path, 9), 9, before)
     assert int(_served_priority(tmp_path, 0).split()[0]) == os.nice(0)
+
+
+# Waits for the file argv[1] before it serves on port argv[2]: only ready if the server after it has started.
+WAITING_SERVER = ("import http.server as h, pathlib, sys, time\n"
+                  "while not pathlib.Path(sys.argv[1]).exists(): time.sleep(0.05)\n"
+                  "h.HTTPServer(('127.0.0.1', int(sys.argv[2])), h.SimpleHTTPRequestHandler).serve_forever()")
+# Creates the file argv[1], then serves on port argv[2].
+MARKING_SERVER = ("import http.server as h, pathlib, sys\npathlib.Path(sys.argv[1]).touch()\n"
+                  "h.HTTPServer(('127.0.0.1', int(sys.argv[2])), h.SimpleHTTPRequestHandler).serve_forever()")
+
+
+def test_servers_start_together_and_all_stop(tmp_path):
+    # The first server is ready only once the second runs: waiting for it before starting the second would time out.
+    marker, ports = tmp_path / "second-started", [free_port(), free_port()]
+    codes = [WAITING_SERVER, MARKING_SERVER]
+    servers = [Server([sys.executable, "-c", code, str(marker), str(port)], f"http://127.0.0.1:{port}/",
+                      tmp_path / f"server{i}.log") for i, (code, port) in enumerate(zip(codes, ports, strict=True))]
+    with serving_all(servers, timeout=30):
+        assert all(httpx.get(s.health_url, timeout=5).status_code == 200 for s in servers)
+    for server in servers:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.health_url, timeout=5)
+
+
+def test_a_server_that_dies_stops_the_others(tmp_path):
+    port = free_port()
+    alive = Server([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                   f"http://127.0.0.1:{port}/", tmp_path / "alive.log")
+    dead = Server([sys.executable, "-c", "raise SystemExit('no model here')"], "http://127.0.0.1:9/",
+                  tmp_path / "dead.log")
+    with pytest.raises(RuntimeError, match="no model here"), serving_all([alive, dead], timeout=30):
+        pass
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(alive.health_url, timeout=5)
