@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from sage_rl.config import hydra_list
 from sage_rl.pipeline import CommandStage, Job, served_model, served_models, step_line
 
 
@@ -117,14 +118,9 @@ def train(job: Job) -> dict:
                                                    nice=job.cfg.run.producer_nice))
             producer = [*_generate_settings(job, url, job.retrieval()), *_producer_seeds(job)]
             extra = [f"online.generate_recipe={job.cfg.generate.recipe}",
-                     f"online.generate_overrides={_hydra_list(producer)}", f"online.pool.folder={pool}"]
+                     f"online.generate_overrides={hydra_list(producer)}", f"online.pool.folder={pool}"]
         result = _train(job, extra)
     return {**result, "online": online, **({"pool": str(pool)} if online else {})}
-
-
-def _hydra_list(items: list[str]) -> str:
-    """A Hydra override value for a list of strings, each quoted (they hold `=`, `:` and `/`)."""
-    return "[" + ",".join(f"'{i}'" for i in items) + "]"
 
 
 def _producer_seeds(job: Job) -> list[str]:
@@ -159,7 +155,7 @@ def _train(job: Job, extra: list[str]) -> dict:
             job.console.line("  step " + str(step) + ": " + "  ".join(f"{k} {v:.3g}" for k, v in values.items()))
 
     cmd = job.sage_rl("train", "--config-name", cfg.recipe, f"actor_rollout_ref.model.path={model}",
-                      f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files={_hydra_list(files)}",
+                      f"search_agent.retrieval_url={job.retrieval()}", f"data.train_files={hydra_list(files)}",
                       f"trainer.default_local_dir={out / 'checkpoints'}", "trainer.resume_mode=disable", *extra,
                       *cfg.overrides)
     job.console.run(cmd, job.log("train"), "GRPO training", on_line=on_line, bar="Training Progress")
@@ -194,21 +190,21 @@ def eval(job: Job) -> dict:  # noqa: A001 - the stage's name
              else p for label, p in paths.items()}
     benchmarks = (f"benchmarks=[{{name: hotpotqa-test, limit: {job.cfg.index.eval_questions}}},"
                   f"{{name: bamboogle, limit: {job.cfg.index.bamboogle_questions}}}]")
-    results = {}
+    results, retrieval = {}, job.retrieval()
     logs = {label: o / "vllm.log" for label, o in outs.items()}
     job.console.line(f"  serving {', '.join(paths)} with vLLM (logs: {', '.join(map(str, logs.values()))})")
     with served_models(job, paths, logs) as urls:
         for label, path in paths.items():
             out = outs[label]
-            cmd = job.sage_rl("eval", "--config-name", cfg.recipe, f"model.path={path}", f"model.name={label}",
+            cmd = job.sage_rl("eval", "--config-name", cfg.recipe, f"model.name={label}", "model.path=null",
                               f"model.base_url={urls[label]}", f"model.tokenizer={path}",
-                              f"retrieval.url={job.retrieval()}", benchmarks, f"run.output_dir={out}", *cfg.overrides)
+                              f"retrieval.url={retrieval}", benchmarks, f"run.output_dir={out}", *cfg.overrides)
             job.console.run(cmd, job.log(f"eval_{label}"), f"eval {label}", bar="sage eval")
             results[label] = str(out / "results.json")
             scores = json.loads((out / "results.json").read_text())["benchmarks"]
             job.console.line(f"  {label}: " + "  ".join(f"{b} EM {s['em']:.3f} searches {s['searches_mean']:.2f} "
                                                           f"answered {s['answered']:.2f}" for b, s in scores.items()))
-    return {"results": results, "summary": ", ".join(results)}
+    return {"results": results, "models": paths, "summary": ", ".join(results)}
 
 
 def report(job: Job) -> dict:

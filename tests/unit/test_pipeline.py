@@ -198,6 +198,7 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
 def test_eval_serves_all_three_models_at_once_and_evaluates_each_against_its_endpoint(tmp_path, monkeypatch):
     import contextlib
 
+    from sage_rl.eval.config import load_eval_config
     from sage_rl.models import smollm2_path
 
     events = []
@@ -227,9 +228,11 @@ def test_eval_serves_all_three_models_at_once_and_evaluates_each_against_its_end
     for i, (label, path) in enumerate(paths.items()):
         cmd = events[1 + i][1]
         for setting in (f"model.name={label}", f"model.base_url=http://127.0.0.1:{9000 + i}/v1",
-                        f"model.path={path}", f"model.tokenizer={path}", "retrieval.url=http://127.0.0.1:8"):
+                        f"model.tokenizer={path}", "retrieval.url=http://127.0.0.1:8"):
             assert setting in cmd, (setting, cmd)
-    assert list(result["results"]) == list(paths)
+        recipe = cmd.index("--config-name") + 1  # the command's settings compose and validate as `sage-rl eval`'s
+        assert load_eval_config(cmd[recipe], cmd[recipe + 1:]).model.base_url == f"http://127.0.0.1:{9000 + i}/v1"
+    assert list(result["results"]) == list(paths) and result["models"] == paths
 
 
 def test_sigterm_stops_the_running_stage_and_keeps_finished_ones(tmp_path):
