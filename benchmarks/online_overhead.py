@@ -60,6 +60,7 @@ def run_train_stage(out: Path, recipe: str, steps: int, train_questions: int, ru
                     train_overrides: list[str] = ()) -> tuple[dict[int, dict[str, float]], float]:
     """The pipeline up to its train stage with `recipe` (plus `train_overrides`), which always reruns (an earlier
     run's would be skipped; the stages before it are reused); the train stage's step metrics and wall time."""
+    from sage_rl.config import hydra_list
     from sage_rl.pipeline import load_pipeline_config
 
     # The quickstart's own training overrides (its learning rate), with this run's step count.
@@ -69,7 +70,7 @@ def run_train_stage(out: Path, recipe: str, steps: int, train_questions: int, ru
     cmd = [str(Path(sys.executable).parent / "sage-rl"), "pipeline", "--config-name", "quickstart_cpu",
            f"run.output_dir={out}", "run.stages=[index,warmstart,generate,train]", f"train.recipe={recipe}",
            f"index.train_questions={train_questions}",
-           "train.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]", "run.redo=[train]", *run_overrides]
+           f"train.overrides={hydra_list(overrides)}", "run.redo=[train]", *run_overrides]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)

@@ -56,13 +56,14 @@ TRAIN_VARIANTS = {
 
 def sft_run(variant: list[str], steps: int, out: Path) -> dict:
     """The quickstart's warm-start stage for `steps` SFT steps with the recipe overrides `variant`."""
+    from sage_rl.config import hydra_list
     from sage_rl.pipeline import load_pipeline_config
 
     shipped = list(load_pipeline_config("quickstart_cpu").warmstart.overrides)
     overrides = [*shipped, f"trainer.total_training_steps={steps}", *variant]
     cmd = [sys.executable, "-m", "sage_rl.cli", "pipeline", "--config-name", "quickstart_cpu", f"run.output_dir={out}",
            "run.stages=[index,warmstart]", "run.redo=[warmstart]",
-           "warmstart.overrides=[" + ",".join(f"'{o}'" for o in overrides) + "]"]
+           f"warmstart.overrides={hydra_list(overrides)}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"warm-start failed (status {proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}"

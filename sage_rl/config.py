@@ -128,3 +128,9 @@ def reject_unknown(where: str, block: dict, known) -> None:
     known = sorted(known)
     if unknown := set(block) - set(known):
         raise ValueError(f"unknown {where} settings {sorted(unknown)}; known: {known}")
+
+
+def hydra_list(items: list[str]) -> str:
+    """A Hydra override value for a list of strings, each quoted (they hold `=`, `:` and `/`): a stage's
+    `overrides` or verl's `data.train_files` on another command's command line."""
+    return "[" + ",".join(f"'{i}'" for i in items) + "]"

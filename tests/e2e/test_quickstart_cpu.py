@@ -23,6 +23,7 @@ import pytest
 from test_warmstart_cpu import check_warmstart, private_cache
 
 from sage_rl.assets import embedded_questions
+from sage_rl.config import hydra_list
 
 # Kept out of the default test run for time (8.8 min at these settings on 2 AMX cores, 18.1 on 2 AVX2 ones; a
 # third of it verl start-up and the first GRPO step): `make test-quickstart` runs it.
@@ -32,7 +33,7 @@ WARM_QUESTIONS = 8
 
 def _overrides(stage: str, *items: str) -> str:
     """A stage's `overrides` list as one Hydra override (each item quoted: they contain `=`)."""
-    return f"{stage}.overrides=[" + ",".join(f"'{i}'" for i in items) + "]"
+    return f"{stage}.overrides={hydra_list(list(items))}"
 
 SMALLEST = [
     f"index.warmstart_questions={WARM_QUESTIONS}", "index.train_questions=4", "index.eval_questions=3",

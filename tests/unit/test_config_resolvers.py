@@ -40,3 +40,13 @@ def test_cpu_dtype_follows_the_cpu_flags(tmp_path, flags, dtype):
     cfg = OmegaConf.create({"args": ["--dtype", "${sage_rl.cpu_dtype:}"]})
     resolve_own_interpolations(cfg)
     assert cfg.args[1] == cpu_dtype()
+
+
+def test_hydra_list_round_trips_through_hydras_override_parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from sage_rl.config import hydra_list
+
+    items = ["a.b=1", "retrieval.url=http://127.0.0.1:8000", "data.path=/x/y.parquet", "k=[1,2]"]
+    (override,) = OverridesParser.create().parse_overrides([f"stage.overrides={hydra_list(items)}"])
+    assert override.value() == items
