@@ -2,16 +2,19 @@
 
 The eval stage of `sage-rl pipeline` evaluates three models in turn. One at a time, each model's server starts
 (~30 s of imports in three processes, mostly single-threaded), serves its episodes and stops; started at once,
-the start-ups overlap on the cores and the servers that wait for their turn hold their memory but no CPU. This
-measures both ways in one run, on the same fixed load per model: `--requests` chat requests (the search prompt
-of HotpotQA test questions, greedy, the eval recipe's turn length), `--concurrency` in flight, i.e. the load of
-an evaluation's first turns. Modes alternate for `--reps` rounds, so a shared box's drift falls on both.
-Servers are started as the eval recipe `eval/smollm2_cpu` serves models (its `model.serve` args and env).
+the start-ups overlap on the cores and the servers that wait for their turn hold their memory (and ~1% of a core
+each, sampled). This measures both ways in one run, on the same fixed load per model: `--requests` chat
+requests (the search prompt of HotpotQA test questions, greedy, the eval recipe's turn length), `--concurrency`
+in flight, i.e. the load of an evaluation's first turns. Modes alternate for `--reps` rounds, so a shared box's
+drift falls on both. Servers are started as the eval recipe `eval/smollm2_cpu` serves models (its `model.serve`
+args and env).
 
     python benchmarks/eval_serving.py [--models DIR DIR DIR] [--reps 2] [--requests 64] [--concurrency 32]
 
 Prints, per mode and round: wall time, start-up (first server launched to last one ready, summed over the
 servers when one at a time), load time per model; then the together/one-at-a-time ratio of the mean wall times.
+The loads are short (~15 s): a slowdown the waiting servers cause to the serving one weighs more in a real
+evaluation (~90-160 s per model), which is why the main job, measured both ways, serves one at a time (README).
 """
 
 from __future__ import annotations

@@ -32,12 +32,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sage_rl.files import atomic_write_text, folder_lock
-from sage_rl.serving import lower_priority, stop, vllm_servers
+from sage_rl.serving import lower_priority, stop, vllm_server
 
 STAGES = ("index", "warmstart", "generate", "train", "eval", "report")
 _BAR_RE = re.compile(r"(?:^|\s)(\d+)/(\d+) \[")
@@ -297,21 +297,12 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
 
 
 @contextlib.contextmanager
-def served_models(job: Job, models: Mapping[str, str], logs: Mapping[str, Path],
-                  nice: int = 0) -> Iterator[dict[str, str]]:
-    """Each `name: model` on vLLM for the duration of the block, all started at once and served as the eval
-    stage's recipe serves models (its `model.serve` args and env), their sessions' priority lowered by `nice`;
-    yields each name's base URL."""
+def served_model(job: Job, model: str, name: str, log: Path, nice: int = 0) -> Iterator[str]:
+    """The model on vLLM for the duration of the block, served as the eval stage's recipe serves models (its
+    `model.serve` args and env), its session's priority lowered by `nice`; yields its base URL."""
     from sage_rl.eval.config import load_eval_config
 
     serve = load_eval_config(job.cfg.eval.recipe, list(job.cfg.eval.overrides)).model.serve
-    with vllm_servers(models, logs, args=serve.args, env=serve.env, timeout=serve.startup_timeout_s,
-                      nice=nice) as urls:
-        yield urls
-
-
-@contextlib.contextmanager
-def served_model(job: Job, model: str, name: str, log: Path, nice: int = 0) -> Iterator[str]:
-    """`served_models` for one model; yields its base URL."""
-    with served_models(job, {name: model}, {name: log}, nice) as urls:
-        yield urls[name]
+    with vllm_server(model, name, log, args=serve.args, env=serve.env, timeout=serve.startup_timeout_s,
+                     nice=nice) as url:
+        yield url

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sage_rl.config import hydra_list
-from sage_rl.pipeline import CommandStage, Job, served_model, served_models, step_line
+from sage_rl.pipeline import CommandStage, Job, served_model, step_line
 
 
 def index(job: Job) -> dict:
@@ -174,37 +174,26 @@ MODELS = ("base", "warmstart", "trained")
 
 
 def eval(job: Job) -> dict:  # noqa: A001 - the stage's name
-    """`sage-rl eval` of the base, warm-started and trained models on the same held-out questions.
-
-    The stage serves the models itself, all three started at once (their start-ups overlap; the two that wait
-    use no CPU), and evaluates them in turn against their endpoints."""
-    from sage_rl.eval.runner import is_verl_checkpoint, merge_checkpoint
+    """`sage-rl eval` of the base, warm-started and trained models on the same held-out questions."""
     from sage_rl.models import smollm2_path
 
     cfg = job.cfg.eval
     paths = {"base": str(smollm2_path()), "warmstart": job.need("warmstart")["model"]}
     if job.done("train") is not None:
         paths["trained"] = job.need("train")["model"]
-    outs = {label: job.out / "eval" / label for label in paths}
-    paths = {label: str(merge_checkpoint(Path(p), outs[label] / "merged_model")) if is_verl_checkpoint(Path(p))
-             else p for label, p in paths.items()}
     benchmarks = (f"benchmarks=[{{name: hotpotqa-test, limit: {job.cfg.index.eval_questions}}},"
                   f"{{name: bamboogle, limit: {job.cfg.index.bamboogle_questions}}}]")
-    results, retrieval = {}, job.retrieval()
-    logs = {label: o / "vllm.log" for label, o in outs.items()}
-    job.console.line(f"  serving {', '.join(paths)} with vLLM (logs: {', '.join(map(str, logs.values()))})")
-    with served_models(job, paths, logs) as urls:
-        for label, path in paths.items():
-            out = outs[label]
-            cmd = job.sage_rl("eval", "--config-name", cfg.recipe, f"model.name={label}", "model.path=null",
-                              f"model.base_url={urls[label]}", f"model.tokenizer={path}",
-                              f"retrieval.url={retrieval}", benchmarks, f"run.output_dir={out}", *cfg.overrides)
-            job.console.run(cmd, job.log(f"eval_{label}"), f"eval {label}", bar="sage eval")
-            results[label] = str(out / "results.json")
-            scores = json.loads((out / "results.json").read_text())["benchmarks"]
-            job.console.line(f"  {label}: " + "  ".join(f"{b} EM {s['em']:.3f} searches {s['searches_mean']:.2f} "
-                                                          f"answered {s['answered']:.2f}" for b, s in scores.items()))
-    return {"results": results, "models": paths, "summary": ", ".join(results)}
+    results = {}
+    for label, path in paths.items():
+        out = job.out / "eval" / label
+        cmd = job.sage_rl("eval", "--config-name", cfg.recipe, f"model.path={path}", f"model.name={label}",
+                          f"retrieval.url={job.retrieval()}", benchmarks, f"run.output_dir={out}", *cfg.overrides)
+        job.console.run(cmd, job.log(f"eval_{label}"), f"eval {label}", bar="sage eval")
+        results[label] = str(out / "results.json")
+        scores = json.loads((out / "results.json").read_text())["benchmarks"]
+        job.console.line(f"  {label}: " + "  ".join(f"{b} EM {s['em']:.3f} searches {s['searches_mean']:.2f} "
+                                                      f"answered {s['answered']:.2f}" for b, s in scores.items()))
+    return {"results": results, "summary": ", ".join(results)}
 
 
 def report(job: Job) -> dict:

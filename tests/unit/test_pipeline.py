@@ -195,44 +195,34 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
             assert f"'{setting}'" in producer, producer
 
 
-def test_eval_serves_all_three_models_at_once_and_evaluates_each_against_its_endpoint(tmp_path, monkeypatch):
-    import contextlib
-
+def test_eval_runs_sage_eval_for_each_model_with_settings_that_compose(tmp_path, monkeypatch):
     from sage_rl.eval.config import load_eval_config
     from sage_rl.models import smollm2_path
 
-    events = []
-
-    @contextlib.contextmanager
-    def fake_served(job, models, logs, nice=0):
-        events.append(("serve", dict(models), {k: str(v) for k, v in logs.items()}))
-        yield {label: f"http://127.0.0.1:{9000 + i}/v1" for i, label in enumerate(models)}
-        events.append(("stop",))
+    commands = []
 
     def fake_run(self, cmd, log, what, on_line=None, bar=None):
-        events.append(("eval", cmd))
+        commands.append(cmd)
         out = Path(next(c for c in cmd if c.startswith("run.output_dir=")).split("=", 1)[1])
         out.mkdir(parents=True)
         (out / "results.json").write_text(json.dumps(
             {"benchmarks": {"bamboogle": {"em": 0.5, "searches_mean": 1.0, "answered": 1.0}}}))
 
-    monkeypatch.setattr(pipeline_stages, "served_models", fake_served)
     monkeypatch.setattr(Console, "run", fake_run)
     monkeypatch.setattr(Job, "retrieval", lambda self: "http://127.0.0.1:8")
     _record(tmp_path, "warmstart", {"model": "/m/warm"})
     _record(tmp_path, "train", {"model": "/m/trained"})
-    result = pipeline_stages.eval(Job(PipelineConfig(), tmp_path, Console(verbose=False)))
+    job_cfg = PipelineConfig()
+    result = pipeline_stages.eval(Job(job_cfg, tmp_path, Console(verbose=False)))
     paths = {"base": str(smollm2_path()), "warmstart": "/m/warm", "trained": "/m/trained"}
-    assert events[0] == ("serve", paths, {k: str(tmp_path / "eval" / k / "vllm.log") for k in paths})
-    assert [e[0] for e in events] == ["serve", "eval", "eval", "eval", "stop"]  # one start for the three
-    for i, (label, path) in enumerate(paths.items()):
-        cmd = events[1 + i][1]
-        for setting in (f"model.name={label}", f"model.base_url=http://127.0.0.1:{9000 + i}/v1",
-                        f"model.tokenizer={path}", "retrieval.url=http://127.0.0.1:8"):
-            assert setting in cmd, (setting, cmd)
+    assert list(result["results"]) == list(paths) and len(commands) == 3
+    for cmd, (label, path) in zip(commands, paths.items(), strict=True):
         recipe = cmd.index("--config-name") + 1  # the command's settings compose and validate as `sage-rl eval`'s
-        assert load_eval_config(cmd[recipe], cmd[recipe + 1:]).model.base_url == f"http://127.0.0.1:{9000 + i}/v1"
-    assert list(result["results"]) == list(paths) and result["models"] == paths
+        cfg = load_eval_config(cmd[recipe], cmd[recipe + 1:])
+        assert (cfg.model.name, cfg.model.path, cfg.retrieval.url) == (label, path, "http://127.0.0.1:8")
+        assert [(b.name, b.limit) for b in cfg.benchmarks] == [("hotpotqa-test", job_cfg.index.eval_questions),
+                                                               ("bamboogle", job_cfg.index.bamboogle_questions)]
+        assert cfg.run.output_dir == str(tmp_path / "eval" / label)
 
 
 def test_sigterm_stops_the_running_stage_and_keeps_finished_ones(tmp_path):
