@@ -25,9 +25,10 @@ logger = logging.getLogger(__name__)
 
 KEEPALIVE_EXPIRY_S = 2.0
 """Seconds a pooled connection may sit idle before the client drops it. uvicorn (the retrieval server's, vLLM's)
-closes idle connections after 5 s, httpx's default keeps them 5 s: a request sent on a connection the server is
-closing at that moment fails with a ReadError (one to four retried failures per quickstart evaluation). Staying
-below the server's keep-alive leaves it no connection to close under a request."""
+closes idle connections after 5 s and httpx keeps them 5 s by default, so a request could go out on a connection
+the server is closing at that moment; below the server's keep-alive, it has none to close under a request.
+(The few ReadErrors each quickstart evaluation retries as its 64 episodes start are another matter: they remained
+with this setting; cf. encode/httpx#3348.)"""
 
 
 def pool_limits(max_connections: int) -> httpx.Limits:

@@ -137,7 +137,7 @@ def test_sync_and_async_clients_retry_the_same_failures(status: int, retried: bo
 def test_clients_drop_idle_connections_before_uvicorn_closes_them() -> None:
     """Against a real uvicorn server (its default 5 s keep-alive, as the retrieval server and vLLM run), both
     HTTP clients reuse a connection right away but open a fresh one after `KEEPALIVE_EXPIRY_S` idle, so they
-    never send on a connection the server is closing (the ReadErrors the quickstart's evaluations retried)."""
+    never send on a connection the server may be closing."""
     import threading
     import time
 
