@@ -196,10 +196,11 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
 
 
 def test_eval_runs_sage_eval_for_each_model_with_settings_that_compose(tmp_path, monkeypatch):
+    import sage_rl.models
     from sage_rl.eval.config import load_eval_config
-    from sage_rl.models import smollm2_path
 
     commands = []
+    monkeypatch.setattr(sage_rl.models, "smollm2_path", lambda: Path("/m/base"))  # not the ~30 s conversion
 
     def fake_run(self, cmd, log, what, on_line=None, bar=None):
         commands.append(cmd)
@@ -214,7 +215,7 @@ def test_eval_runs_sage_eval_for_each_model_with_settings_that_compose(tmp_path,
     _record(tmp_path, "train", {"model": "/m/trained"})
     job_cfg = PipelineConfig()
     result = pipeline_stages.eval(Job(job_cfg, tmp_path, Console(verbose=False)))
-    paths = {"base": str(smollm2_path()), "warmstart": "/m/warm", "trained": "/m/trained"}
+    paths = {"base": "/m/base", "warmstart": "/m/warm", "trained": "/m/trained"}
     assert list(result["results"]) == list(paths) and len(commands) == 3
     for cmd, (label, path) in zip(commands, paths.items(), strict=True):
         recipe = cmd.index("--config-name") + 1  # the command's settings compose and validate as `sage-rl eval`'s

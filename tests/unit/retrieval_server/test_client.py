@@ -134,53 +134,49 @@ def test_sync_and_async_clients_retry_the_same_failures(status: int, retried: bo
     assert len(sync_calls) == len(async_calls) == (2 if retried else 1)
 
 
-def test_clients_drop_idle_connections_before_uvicorn_closes_them() -> None:
+# A bare ASGI app on uvicorn's defaults (its 5 s keep-alive) that answers each request with the client port it
+# came from; argv[1] is the port to serve on.
+PORT_ECHO_SERVER = """
+import json, sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    port = scope["client"][1]
+    body = {"status": "ok", "port": port} if scope["path"] == "/health" else {
+        "choices": [{"message": {"content": str(port)}, "finish_reason": "stop"}], "usage": {}}
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def test_clients_drop_idle_connections_before_uvicorn_closes_them(tmp_path) -> None:
     """Against a real uvicorn server (its default 5 s keep-alive, as the retrieval server and vLLM run), both
     HTTP clients reuse a connection right away but open a fresh one after `KEEPALIVE_EXPIRY_S` idle, so they
     never send on a connection the server may be closing."""
-    import threading
-    import time
+    import sys
 
     import uvicorn
 
     from retrieval_server.client import KEEPALIVE_EXPIRY_S
     from sage_rl.llm import OpenAIChatModel
-    from sage_rl.serving import free_port
+    from sage_rl.serving import free_port, serving
 
     assert KEEPALIVE_EXPIRY_S < uvicorn.Config(app=None).timeout_keep_alive
-    ports: dict[str, list[int]] = {"/health": [], "/v1/chat/completions": []}
-
-    async def app(scope, receive, send):  # a bare ASGI app: which client port each request came from
-        if scope["type"] != "http":
-            return
-        ports[scope["path"]].append(scope["client"][1])
-        body = {"status": "ok"} if scope["path"] == "/health" else {
-            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {}}
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
-
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
-    llm = OpenAIChatModel(f"{url}/v1", "m", max_retries=0)
+    health, chat = [], []
 
     async def requests(client: RetrievalClient) -> None:
+        llm = OpenAIChatModel(f"{url}/v1", "m", max_retries=0)
         for pause in (0.0, 0.0, KEEPALIVE_EXPIRY_S + 0.5):
             await asyncio.sleep(pause)
-            client.health()
-            await llm.chat([{"role": "user", "content": "x"}])
+            health.append(client.health()["port"])
+            chat.append((await llm.chat([{"role": "user", "content": "x"}])).text)
         await llm.aclose()
 
-    try:
-        with RetrievalClient(url, max_retries=0) as client:
-            asyncio.run(requests(client))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    health, chat = ports["/health"], ports["/v1/chat/completions"]
+    with serving([sys.executable, "-c", PORT_ECHO_SERVER, str(port)], f"{url}/health", tmp_path / "server.log",
+                 timeout=60), RetrievalClient(url, max_retries=0) as client:
+        asyncio.run(requests(client))
     assert health[0] == health[1] != health[2]  # reused at once, fresh after the idle pause
     assert chat[0] == chat[1] != chat[2]
