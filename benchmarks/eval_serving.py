@@ -45,8 +45,8 @@ async def load(url: str, name: str, prompts: list[str], concurrency: int, max_to
 
 
 def run(mode: str, models: dict[str, str], prompts: list[str], args: argparse.Namespace, folder: Path) -> dict:
-    serve = load_eval_config("smollm2_cpu").model.serve
-    max_tokens = load_eval_config("smollm2_cpu").sampling.max_tokens
+    recipe = load_eval_config("smollm2_cpu")
+    serve, max_tokens = recipe.model.serve, recipe.sampling.max_tokens
     logs = {name: folder / f"{mode}_{name}.log" for name in models}
     groups = [models] if mode == "together" else [{name: path} for name, path in models.items()]
     started, startup, loads = time.perf_counter(), 0.0, {}
