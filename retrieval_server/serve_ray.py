@@ -78,26 +78,30 @@ def deploy(cfg: ServeConfig, num_cpus_per_replica: float = 1.0) -> str:
 
 
 def run_ray_serve(cfg: ServeConfig) -> int:
-    """CLI entry: deploy, print the URL, block until SIGINT/SIGTERM, then shut Ray Serve down."""
+    """CLI entry: deploy, print the URL, block until SIGINT/SIGTERM, then shut Ray Serve down.
+
+    Our handlers are installed after `ray.init`, which replaces the SIGTERM handler with its own `sys.exit`: a
+    SIGTERM while `serve.run` waited for the app (whose replicas may already answer /health) then left the app
+    running on an attached cluster. With ours, a signal only ends the wait loop, and the app is removed in any case.
+    """
     import ray
     from ray import serve
 
+    connect_ray()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     # On a shared cluster, serve.shutdown() would also stop other people's Serve applications: remove only ours.
     attached = bool(os.environ.get("RAY_ADDRESS"))
-    deployed = False
     try:
         url = deploy(cfg)
-        deployed = True
         print(f"retrieval server ready at {url} ({cfg.ray_replicas} Ray Serve replicas)", flush=True)  # noqa: T201
         while not stop.is_set():
             time.sleep(0.2)
     finally:
         if not attached:
             serve.shutdown()
-        elif deployed:
+        elif serve.status().applications.get(APP_NAME) is not None:  # also after a failed or interrupted deploy
             serve.delete(APP_NAME)
         ray.shutdown()
     return 0
