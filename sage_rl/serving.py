@@ -74,21 +74,33 @@ def autogroups_enabled() -> bool:
         return False  # another OS, or a kernel built without autogroups
 
 
+def session_nice() -> int:
+    """This process's session niceness (its autogroup's), 0 without autogroups."""
+    try:
+        return int(Path("/proc/self/autogroup").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def lower_priority(pid: int, nice: int) -> None:
-    """Lower the CPU priority of `pid`'s session (a server or a stage, just started in a session of its own) by
-    `nice` (0-19).
+    """Give `pid`'s session (a server or a stage, just started in a session of its own) the CPU priority of ours
+    lowered by `nice` (0-19; 19 at most).
 
     With Linux's autogroup scheduling (on by default in many kernels) the CPU is shared between sessions first
     and a process's niceness only orders it inside its session, so the session's niceness is the one that
     counts; it applies to the processes the session starts later too, and leaves the priorities inside it
-    (Ray's workers below its raylet) as they were. Without autogroups, the session's first process is niced
-    and its children inherit it."""
-    if not nice:
-        return
+    (Ray's workers below its raylet) as they were. A new session starts at niceness 0 whatever its parent's, so
+    ours is added: a server that a lowered stage starts (`sage-rl eval`'s vLLM server under the pipeline's
+    `run.nice`) must not outrank the stage itself. It did: the eval client, at 19, waited for the CPU behind its
+    own vLLM server, at 0, and the model sat idle between turns (README, main job). Without autogroups, the
+    session's first process is niced and its children inherit it."""
     if autogroups_enabled():
-        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        target = min(session_nice() + nice, 19)
+        if target:
+            Path(f"/proc/{pid}/autogroup").write_text(str(target))
         return
-    os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, pid) + nice, 19))
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, pid) + nice, 19))
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from priority import PROBE, assert_lowered, own_session
 
-from sage_rl.serving import Server, free_port, serving, serving_all
+from sage_rl.serving import Server, autogroups_enabled, free_port, lower_priority, serving, serving_all, session_nice
 
 # PROBE, then it writes what it saw to argv[1] and serves on port argv[2].
 SERVER = PROBE + ("\nimport http.server as h, sys; pathlib.Path(sys.argv[1]).write_text(seen)\n"
@@ -30,6 +31,30 @@ def test_a_server_session_can_yield_the_cores(tmp_path):
     before = own_session()
     assert_lowered(_served_priority(tmp_path, 9), 9, before)
     assert int(_served_priority(tmp_path, 0).split()[0]) == os.nice(0)
+
+
+# A stage at lowered priority starts two servers, at its priority (nice=0) and 3 below it; they write what they saw.
+STAGE = ("import pathlib, sys, time\nfrom sage_rl.serving import free_port, serving, session_nice\n"
+         "deadline = time.monotonic() + 10\n"
+         "while not session_nice() and time.monotonic() < deadline: time.sleep(0.05)  # until the parent lowered us\n"
+         "out, server = pathlib.Path(sys.argv[1]), sys.argv[2]\n"
+         "for nice in (0, 3):\n"
+         "    port = free_port()\n"
+         "    with serving([sys.executable, '-c', server, str(out / f'seen{nice}'), str(port)],\n"
+         "                 f'http://127.0.0.1:{port}/', out / 'server.log', timeout=30, nice=nice):\n"
+         "        pass\n")
+
+
+def test_a_server_never_outranks_the_stage_that_started_it(tmp_path):
+    # A new session starts at niceness 0: sage-rl eval (at run.nice 19) once served its model at 0, above itself, and
+    # its client then waited for the cores between turns while the model idled.
+    stage = subprocess.Popen([sys.executable, "-c", STAGE, str(tmp_path), SERVER], start_new_session=True)
+    lower_priority(stage.pid, 5)
+    assert stage.wait(timeout=120) == 0
+    base = session_nice() if autogroups_enabled() else os.nice(0)
+    for nice in (0, 3):
+        own, group = (tmp_path / f"seen{nice}").read_text().split()
+        assert int(group if autogroups_enabled() else own) == min(base + 5 + nice, 19)
 
 
 # Waits for the file argv[1] before it serves on port argv[2]: only ready if the server after it has started.
