@@ -27,8 +27,9 @@ KEEPALIVE_EXPIRY_S = 2.0
 """Seconds a pooled connection may sit idle before the client drops it. uvicorn (the retrieval server's, vLLM's)
 closes idle connections after 5 s and httpx keeps them 5 s by default, so a request could go out on a connection
 the server is closing at that moment; below the server's keep-alive, it has none to close under a request.
-(The few ReadErrors each quickstart evaluation retries as its 64 episodes start are another matter: they remained
-with this setting; cf. encode/httpx#3348.)"""
+(The few ReadErrors each quickstart evaluation used to retry were another matter: the client, starved of the CPU by
+its own model server, read responses seconds late; they went when the server stopped outranking it, see
+`sage_rl.serving.lower_priority`.)"""
 
 
 def pool_limits(max_connections: int) -> httpx.Limits:

@@ -180,8 +180,9 @@ def vllm_servers(models: Mapping[str, str], logs: Mapping[str, Path], *, args: S
     """Serve each `name: model` with vLLM, all started at once (see `serving_all`); yields each name's base URL.
 
     Their start-ups (~30 s of mostly single-threaded imports each) overlap, but on a 2-core box the servers
-    waiting for requests slowed the one serving (benchmarks/eval_serving.py), so the main job serves its models
-    one at a time. Each server holds its model and KV cache in memory (~3.3 GB for the embedded SmolLM2)."""
+    waiting for requests slowed the one serving (benchmarks/eval_serving.py, measured while the servers still
+    outranked their client, see `lower_priority`), so the main job serves its models one at a time. Each server
+    holds its model and KV cache in memory (~3.3 GB for the embedded SmolLM2)."""
     ports: set[int] = set()
     while len(ports) < len(models):  # distinct: none of them is bound before the servers start
         ports.add(free_port())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sage_rl.serving import autogroups_enabled
+from sage_rl.serving import autogroups_enabled, session_nice
 
 # Prints its own niceness and its session's (autogroup), after the parent has had time to set them.
 PROBE = ("import os, pathlib, time; p = pathlib.Path('/proc/self/autogroup'); time.sleep(0.5)\n"
@@ -19,11 +19,11 @@ def own_session() -> str | None:
 
 
 def assert_lowered(seen: str, nice: int, ours_before: str | None) -> None:
-    """`seen` (what PROBE saw in a child started with `nice`): the child's session yields, not each process, and
-    ours keeps its priority; without autogroups the child itself is niced (capped at 19 by the kernel)."""
+    """`seen` (what PROBE saw in a child started with `nice`): the child's session yields by `nice` below ours, not
+    each process, and ours keeps its priority; without autogroups the child itself is niced (capped at 19)."""
     own, group = seen.split()
     if autogroups_enabled():
-        assert (int(own), group) == (os.nice(0), str(nice))
+        assert (int(own), group) == (os.nice(0), str(min(session_nice() + nice, 19)))
         assert own_session() == ours_before
     else:
         assert int(own) == min(os.nice(0) + nice, 19)
