@@ -297,12 +297,13 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
 
 
 @contextlib.contextmanager
-def served_model(job: Job, model: str, name: str, log: Path, nice: int = 0) -> Iterator[str]:
+def served_model(job: Job, model: str, name: str, log: Path, nice: int | None = None) -> Iterator[str]:
     """The model on vLLM for the duration of the block, served as the eval stage's recipe serves models (its
-    `model.serve` args and env), its session's priority lowered by `nice`; yields its base URL."""
+    `model.serve` args and env), its session's priority lowered by `nice`, by default the stages' (`run.nice`):
+    a server above the stage that uses it takes the cores its client needs between turns; yields its base URL."""
     from sage_rl.eval.config import load_eval_config
 
     serve = load_eval_config(job.cfg.eval.recipe, list(job.cfg.eval.overrides)).model.serve
     with vllm_server(model, name, log, args=serve.args, env=serve.env, timeout=serve.startup_timeout_s,
-                     nice=nice) as url:
+                     nice=job.cfg.run.nice if nice is None else nice) as url:
         yield url

@@ -72,8 +72,7 @@ def generate(job: Job) -> dict:
     model = job.need("warmstart")["model"]
     out = job.out / "generate"
     retrieval = job.retrieval()
-    # At the stage's priority: a server above its client would take the cores the client needs between turns.
-    with served_model(job, model, "smollm2", job.out / "logs" / "generate_vllm.log", nice=job.cfg.run.nice) as url:
+    with served_model(job, model, "smollm2", job.out / "logs" / "generate_vllm.log") as url:
         cmd = job.sage_rl("generate", "--config-name", cfg.recipe, *_generate_settings(job, url, retrieval),
                           f"run.output_dir={out}", "run.progress=true")
         job.console.run(cmd, job.log("generate"), "SAGE generation", bar="sage generate")

@@ -200,10 +200,12 @@ def test_generate_serves_its_model_at_the_stage_priority(tmp_path, monkeypatch):
     # turns then waited for the cores: 53.9 s of runqueue wait against 0.4 s at the stage's priority (README).
     import contextlib
 
+    import sage_rl.pipeline
+
     served = []
 
     @contextlib.contextmanager
-    def fake_served(job, model, name, log, nice=0):
+    def fake_vllm_server(model, name, log, *, args=(), env=None, timeout=900.0, nice=0):
         served.append((model, nice))
         yield "http://127.0.0.1:9/v1"
 
@@ -213,7 +215,7 @@ def test_generate_serves_its_model_at_the_stage_priority(tmp_path, monkeypatch):
         out.mkdir(parents=True)
         (out / "records.jsonl").write_text(json.dumps({"status": "accepted"}) + "\n")
 
-    monkeypatch.setattr(pipeline_stages, "served_model", fake_served)
+    monkeypatch.setattr(sage_rl.pipeline, "vllm_server", fake_vllm_server)  # served_model's own default priority
     monkeypatch.setattr(Console, "run", fake_run)
     monkeypatch.setattr(Job, "retrieval", lambda self: "http://127.0.0.1:8")
     _record(tmp_path, "index", {"seeds": "/s/seeds.jsonl"})
