@@ -51,7 +51,10 @@ class SamplingConfig:
     top_p: float = 1.0
     max_tokens: int = 500  # per turn (Search-R1's max_response_length)
     n: int = 1  # samples per question (pass@k and avg@k for k <= n)
-    seed: int = 0
+    # Base of the per-episode sampling seeds (an episode samples the same tokens on every run and resume);
+    # None sends no seed. vLLM's CPU backend dies on a seeded request whose prompt it prefills in chunks
+    # ("CPU Generator does not use offset"), so CPU recipes set null; greedy decoding ignores it.
+    seed: int | None = 0
     # `inline`: one growing assistant message the server continues (the text a verl-trained policy saw);
     # `messages`: observations as user messages (any chat API, e.g. a hosted one).
     transcript: str = "inline"
@@ -123,6 +126,10 @@ def validate(cfg: EvalConfig) -> EvalConfig:
         raise ValueError(f"sampling.transcript must be inline or messages, not {cfg.sampling.transcript!r}")
     if cfg.sampling.n < 1 or any(not 1 <= k <= cfg.sampling.n for k in cfg.run.pass_k):
         raise ValueError("need sampling.n >= 1 and every run.pass_k in [1, sampling.n]")
+    if cfg.sampling.seed is not None and cfg.sampling.temperature > 0 and serves_on_cpu(cfg):
+        raise ValueError("vLLM's CPU backend crashes on seeded sampling (its engine dies at the first seeded prompt "
+                         "it prefills in chunks: 'CPU Generator does not use offset'); set sampling.seed=null "
+                         "or sampling.temperature=0")
     if cfg.judge.kind not in ("none", "llm"):
         raise ValueError(f"judge.kind must be none or llm, not {cfg.judge.kind!r}")
     if not cfg.benchmarks:
@@ -131,6 +138,11 @@ def validate(cfg: EvalConfig) -> EvalConfig:
     if len(set(names)) != len(names):
         raise ValueError(f"benchmarks lists a set twice: {names}")
     return cfg
+
+
+def serves_on_cpu(cfg: EvalConfig) -> bool:
+    """Whether the command serves the model itself with vLLM's CPU backend."""
+    return cfg.model.base_url is None and cfg.model.serve.env.get("VLLM_TARGET_DEVICE") == "cpu"
 
 
 def register_schema() -> None:

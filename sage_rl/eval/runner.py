@@ -85,7 +85,7 @@ class Evaluator:
     def settings(self, task: Task) -> ChatSettings:
         s = self.cfg.sampling
         return ChatSettings(max_tokens=s.max_tokens, temperature=s.temperature, transcript=s.transcript,  # type: ignore[arg-type]
-                            extra={"top_p": s.top_p, "seed": request_seed(s.seed, task)})
+                            extra={"top_p": s.top_p} | ({} if s.seed is None else {"seed": request_seed(s.seed, task)}))
 
     async def episode(self, task: Task) -> Trajectory:
         messages = [{"role": "user", "content": protocol.search_prompt(task.item.question)}]
