@@ -48,7 +48,6 @@ def test_sage_eval_prints_the_table_for_smollm2_on_bamboogle_and_hotpotqa(tmp_pa
     assert results["retrieval"]["server"].get("status") is not None  # the index the numbers came from
 
 
-
 def test_sampled_evaluation_reports_pass_at_k(tmp_path, smollm2_url, dense_retrieval_url):
     """pass@k through the real server: 4 sampled episodes per question with the CPU recipe's sampling."""
     proc = _eval(tmp_path / "run", smollm2_url, dense_retrieval_url, 2, "sampling.temperature=1.0", "sampling.n=4",
