@@ -94,7 +94,7 @@ async def replay(llm: OpenAIChatModel, requests: list, client, calls: list,
 @contextlib.contextmanager
 def servers(model: str, llm_url: str | None, retrieval_url: str | None, retriever: str, tmp: Path):
     from sage_rl.assets import EMBEDDED_CORPUS
-    from sage_rl.serving import CPU_SERVING_ENV, cpu_dtype, free_port, serving, vllm_server
+    from sage_rl.serving import CPU_SERVING_ENV, cpu_dtype, retrieval_server, vllm_server
 
     with contextlib.ExitStack() as stack:
         if retrieval_url is None:
@@ -102,13 +102,9 @@ def servers(model: str, llm_url: str | None, retrieval_url: str | None, retrieve
             subprocess.run([sys.executable, "-m", "retrieval_server", "build", "--corpus", str(EMBEDDED_CORPUS),
                             "--out", str(index), *(["--no-dense"] if retriever == "bm25" else [])],
                            check=True, capture_output=True)
-            port = free_port()
-            retrieval_url = f"http://127.0.0.1:{port}"
             # No query cache: the replay resends the evaluator's /retrieve calls and must redo their work.
-            stack.enter_context(serving([sys.executable, "-m", "retrieval_server", "serve", "--index", str(index),
-                                         "--retriever", retriever, "--port", str(port),
-                                         "--batching.cache-queries", "0"],
-                                        f"{retrieval_url}/health", tmp / "retrieval.log", 600))
+            retrieval_url = stack.enter_context(retrieval_server(index, tmp / "retrieval.log", retriever=retriever,
+                                                                 args=["--batching.cache-queries", "0"], timeout=600))
         if llm_url is None:
             # Dev mode: POST /reset_prefix_cache, so one concurrency's run does not warm the cache for the next.
             llm_url = stack.enter_context(vllm_server(

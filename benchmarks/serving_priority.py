@@ -74,7 +74,7 @@ def summarize(out: Path) -> dict:
 
 
 def main() -> None:
-    from sage_rl.serving import free_port, lower_priority, serving
+    from sage_rl.serving import lower_priority, retrieval_server
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", required=True, help="a dense index of the embedded corpus (the quickstart's)")
@@ -86,12 +86,9 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.model, args.child[1], Path(args.child[2]))
         return
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = [sys.executable, "-m", "retrieval_server", "serve", "--index", args.index, "--port", str(port),
-              "--retriever", "dense", "--torch-threads", "1"]  # the main job's retrieval server
     episodes: dict[str, list[float]] = {m: [] for m in MODES}
-    with tempfile.TemporaryDirectory() as tmp, serving(server, f"{url}/health", Path(tmp) / "retrieval.log", 300):
+    with (tempfile.TemporaryDirectory() as tmp,  # the main job's retrieval server
+          retrieval_server(args.index, Path(tmp) / "retrieval.log", args=["--torch-threads", "1"]) as url):
         for rep in range(args.reps):
             for label in list(MODES) if rep % 2 == 0 else list(MODES)[::-1]:
                 out = Path(tmp) / f"{MODES[label]}{rep}"

@@ -47,7 +47,7 @@ def summarize(trajectories: Path, k: int, min_searches: int) -> dict[str, float]
 
 
 def main() -> None:
-    from sage_rl.serving import free_port, serving
+    from sage_rl.serving import retrieval_server
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", required=True, help="a dense index of the embedded corpus (the quickstart's)")
@@ -60,11 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.k <= args.n:
         parser.error("need 1 <= --k <= --n")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = [sys.executable, "-m", "retrieval_server", "serve", "--index", args.index, "--port", str(port),
-              "--retriever", "dense", "--torch-threads", "1"]  # the main job's retrieval server
-    with tempfile.TemporaryDirectory() as tmp, serving(server, f"{url}/health", Path(tmp) / "retrieval.log", 300):
+    with (tempfile.TemporaryDirectory() as tmp,  # the main job's retrieval server
+          retrieval_server(args.index, Path(tmp) / "retrieval.log", args=["--torch-threads", "1"]) as url):
         for t in args.temperatures:
             out = Path(tmp) / f"t{t}"
             cmd = [sys.executable, "-m", "sage_rl.cli", "eval", "--config-name", "smollm2_cpu",

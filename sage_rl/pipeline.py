@@ -228,20 +228,17 @@ class Job:
     def retrieval(self) -> str:
         """The retrieval server over the stage `index` built, started once for the stages that need it."""
         if self.retrieval_url is None:
-            from sage_rl.serving import free_port, serving
+            from sage_rl.serving import free_port, retrieval_server
 
             index = self.need("index")
             port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            cmd = [sys.executable, "-m", "retrieval_server", "serve", "--index", index["index"], "--port", str(port),
-                   "--retriever", index["retriever"]]
-            if self.cfg.index.server_threads is not None:
-                cmd += ["--torch-threads", str(self.cfg.index.server_threads)]
-            self.console.line(f"  retrieval server: {url} ({index['retriever']}, {index['docs']} passages; "
-                              f"log: {self.log('retrieval_server')})")
-            self.stack.enter_context(serving(cmd, f"{url}/health", self.log("retrieval_server"),
-                                             self.cfg.index.startup_timeout_s))
-            self.retrieval_url = url
+            threads = self.cfg.index.server_threads
+            self.console.line(f"  retrieval server: http://127.0.0.1:{port} ({index['retriever']}, {index['docs']} "
+                              f"passages; log: {self.log('retrieval_server')})")
+            self.retrieval_url = self.stack.enter_context(retrieval_server(
+                index["index"], self.log("retrieval_server"), retriever=index["retriever"], port=port,
+                args=[] if threads is None else ["--torch-threads", str(threads)],
+                timeout=self.cfg.index.startup_timeout_s))
         return self.retrieval_url
 
 

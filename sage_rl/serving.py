@@ -153,6 +153,19 @@ def serving(cmd: Sequence[str], health_url: str, log: Path, timeout: float,
         yield
 
 
+@contextlib.contextmanager
+def retrieval_server(index: str | Path, log: Path, *, retriever: str = "dense", port: int = 0,
+                     args: Sequence[str] = (), timeout: float = 300.0) -> Iterator[str]:
+    """Serve a built index with `python -m retrieval_server serve` on 127.0.0.1 (`args`: more serve flags, e.g.
+    `--torch-threads 1`); yields its URL."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "retrieval_server", "serve", "--index", str(index), "--port", str(port),
+           "--retriever", retriever, *args]
+    with serving(cmd, f"{url}/health", log, timeout):
+        yield url
+
+
 def _vllm(model: str, name: str, log: Path, port: int, args: Sequence[str]) -> tuple[Server, str]:
     """vLLM's OpenAI-compatible server for `model` on 127.0.0.1, and its base URL (up to /v1).
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sage_rl.assets import EMBEDDED_CORPUS
 from sage_rl.serving import free_port, serving  # noqa: F401 - re-exported for the e2e tests
+from sage_rl.serving import retrieval_server as serving_retrieval
 
 PY = sys.executable
 STEP_LINE = re.compile(r"step:(\d+) - (.*)")
@@ -32,11 +33,7 @@ def retrieval_server(tmp: Path, corpus: Path, dense: bool = True) -> Iterator[st
     build = [PY, "-m", "retrieval_server", "build", "--corpus", str(corpus), "--out", str(tmp / "idx")]
     done = subprocess.run(build + ([] if dense else ["--no-dense"]), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    port = free_port()
-    serve = [PY, "-m", "retrieval_server", "serve", "--index", str(tmp / "idx"), "--port", str(port),
-             "--retriever", "dense" if dense else "bm25"]
-    url = f"http://127.0.0.1:{port}"
-    with serving(serve, f"{url}/health", tmp / "serve.log", timeout=300):
+    with serving_retrieval(tmp / "idx", tmp / "serve.log", retriever="dense" if dense else "bm25") as url:
         yield url
 
 
