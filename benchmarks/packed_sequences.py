@@ -91,6 +91,7 @@ def train_run(variant: list[str], steps: int, out: Path) -> dict:
     later = [v for k, v in sorted(metrics.items()) if k > 1] or list(metrics.values())
     row = {key: mean(v.get(f"timing_s/{key}", float("nan")) for v in later)
            for key in ("step", "gen", "old_log_prob", "update_actor")}
+    row["tokens"] = mean(v.get("perf/total_num_tokens", float("nan")) for v in later)
     row["total_s"] = seconds
     for key, metric in (("corr", "training/rollout_actor_probs_pearson_corr"),
                         ("diff", "training/rollout_probs_diff_mean"), ("ppo_kl", "actor/ppo_kl"),
