@@ -10,8 +10,8 @@ The quickstart's training stage (`grpo_search_smollm2_cpu` on its own warm-start
 - `actor_rollout_ref.model.enable_gradient_checkpointing` (verl's default: on) recomputes each layer's forward
   pass during the backward pass to save activation memory, of which micro-batches of one ~400-token trajectory of
   a 135M model need little (here, off did not shorten `update_actor` in one run; `gradient_sync.py`, which
-  compares `update_actor` per trained token rather than per step, measured 0.845, and the CPU recipes now turn it
-  off);
+  compares `update_actor` per trained token rather than per step, measured 0.854, and the CPU recipes now turn
+  it off);
 - `algorithm.rollout_correction.bypass_mode` takes vLLM's log-probs of the sampled tokens as PPO's old
   log-probs instead of recomputing them with the actor (`old_log_prob`, a forward pass over the batch). With one
   PPO epoch of one mini-batch (the CPU recipes'), the recomputed old log-probs equal the actor's, so the PPO ratio
