@@ -30,11 +30,11 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from cpu_dtype import timed  # noqa: E402
 from packed_sequences import compare, sft_line, sft_run, train_run  # noqa: E402
 
 ACTOR = "actor_rollout_ref.actor.fsdp_config.use_no_sync_for_gradient_accumulation"
@@ -91,11 +91,7 @@ def torch_seconds_per_row(variant: str, tokens: int, reps: int) -> float:
         logits = model(input_ids=ids, use_cache=False).logits.float()
         (-torch.log_softmax(logits, -1).gather(-1, ids.roll(-1, 1).unsqueeze(-1)).mean()).backward()
 
-    row()  # warm-up
-    started = time.perf_counter()
-    for _ in range(reps):
-        row()
-    return (time.perf_counter() - started) / reps
+    return timed(row, reps)  # after one warm-up row
 
 
 def torch_part(tokens: int, reps: int) -> None:
