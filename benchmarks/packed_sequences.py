@@ -69,6 +69,8 @@ def sft_run(variant: list[str], steps: int, out: Path) -> dict:
         sys.exit(f"warm-start failed (status {proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}"
                  f"{proc.stderr[-3000:]}")
     report = json.loads((out / "warmstart" / "warmstart.json").read_text())
+    if report["cached"]:  # an earlier run's times, not this one's
+        sys.exit(f"the warm-start came from the model cache ({report['model']}): remove that folder to measure")
     elapsed = {}
     for match in ELAPSED.finditer((out / "warmstart" / "sft.log").read_text()):
         step, hours, minutes, seconds = match.groups()
