@@ -28,6 +28,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -46,17 +47,10 @@ TORCH_VARIANT = "FSDP2, reduced once"  # gradient_sync.TORCH_VARIANTS: verl's wr
 @contextlib.contextmanager
 def environment(env: dict[str, str | None]) -> Iterator[None]:
     """`env` on top of this process's environment (which child processes inherit), restored after."""
-    saved = dict(os.environ)
-    for key, value in env.items():
-        if value is None:
+    with mock.patch.dict(os.environ, {key: value for key, value in env.items() if value is not None}):
+        for key in [key for key, value in env.items() if value is None]:
             os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    try:
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def torch_part(tokens: int, reps: int) -> None:
