@@ -90,6 +90,11 @@ class LoopConfig:
     rounds: int = 2  # R feedback rounds after round 0
     mode: str = "feedback"  # `feedback` (SAGE) or `resample` (ablation: regenerate from scratch, no traces)
     max_trace_tokens: int | None = None  # clip each trace in feedback prompts (whitespace tokens); None = full
+    # A garbled output (no question or answer) uses up its round and the next round tries again: regenerate from
+    # the seed while no pair has been verified, else repeat the feedback on the latest verified pair. The paper
+    # does not say; its strong generators rarely garble, a small one garbles most round-0 drafts (README, main
+    # job). false: the item ends at its first garbled output.
+    retry_garbled: bool = True
 
 
 @dataclass

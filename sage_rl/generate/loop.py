@@ -5,7 +5,9 @@ Per seed (`process_item`):
   verify    K solver rollouts, judged: correct = pass@K, difficult = |S*| >= S; both -> accepted, stop;
   rounds 1..R  feedback (difficulty or correctness prompt with both traces, one call, no search) or, with
             `loop.mode=resample`, a fresh round-0 generation; then verify again;
-  garbled   output without a question or answer ends the item as `garbled` (counted, not raised).
+  garbled   output without a question or answer uses up its round (counted, not raised); the next round tries
+            again: from the seed while no pair has been verified, else the same feedback once more
+            (`loop.retry_garbled=false` ends the item instead). An item whose last round is garbled is `garbled`.
 Around it (`run_generation`): a bounded pool of items in flight, per-item retries then a recorded
 failure, append-only exactly-once storage (`store.py`), a progress bar, and at the end assembly
 (`assemble.py`) and the report (`report.py`).
@@ -132,31 +134,36 @@ async def process_item(seed: Seed, cfg: GenerateConfig, pipe: Pipeline) -> tuple
 
     rounds: list[RoundRecord] = []
     traces: list[RoundTrace] = []
+    basis: int | None = None  # index of the latest verified round: what the next feedback revises
+    basis_trace = ""  # the generator's trace behind that round's pair, as the next feedback shows it
     candidate, gen_traj = await generator.generate(seed)
-    round0_trace = gen_trace = gen_traj.transcript()
+    search_trace = gen_trace = gen_traj.transcript()  # the latest search episode from the seed
     kind: RoundKind = "initial"
     status: Status = "rejected"
     accepted_round = None
     for r in range(cfg.loop.rounds + 1):
         if r > 0:
-            prev, prev_trace = rounds[-1], traces[-1]
-            if cfg.loop.mode == "resample":
+            if cfg.loop.mode == "resample" or basis is None:
                 kind = "resample"
                 candidate, gen_traj = await generator.generate(seed)
+                search_trace = gen_trace = gen_traj.transcript()
             else:
+                prev, prev_trace = rounds[basis], traces[basis]
                 assert prev.candidate is not None and prev.verification is not None
                 assert prev_trace.feedback_trace_index is not None
                 shown = prev_trace.solver[prev_trace.feedback_trace_index]
                 kind = feedback_kind(prev.verification)
-                prompt = feedback_prompt(seed, prev.candidate, prev.verification, gen_trace, shown,
+                prompt = feedback_prompt(seed, prev.candidate, prev.verification, basis_trace, shown,
                                          cfg.loop.max_trace_tokens)
                 evidence = tuple(dict.fromkeys([*prev.candidate.evidence_doc_ids, *shown.doc_ids]))
                 candidate, gen_traj = await generator.revise(prompt, evidence)
-                gen_trace = f"{round0_trace}\n\n[your latest revision]\n{gen_traj.final_text}"
+                gen_trace = f"{search_trace}\n\n[your latest revision]\n{gen_traj.final_text}"
         if candidate is None:
             rounds.append(RoundRecord(r, kind, None, None, gen_traj.budget_exhausted))
             traces.append(RoundTrace(r, kind, gen_traj))
             status = "garbled"
+            if cfg.loop.retry_garbled:
+                continue
             break
         verification, solver_trajs, verdicts = await verify(
             candidate.question, [candidate.answer], seed.target_steps, solver, judge, cfg.solver.num_rollouts
@@ -164,6 +171,7 @@ async def process_item(seed: Seed, cfg: GenerateConfig, pipe: Pipeline) -> tuple
         rounds.append(RoundRecord(r, kind, candidate, verification, gen_traj.budget_exhausted))
         traces.append(RoundTrace(r, kind, gen_traj, tuple(solver_trajs), tuple(verdicts),
                                  choose_trace(solver_trajs, verdicts, rng)))
+        basis, basis_trace, status = len(rounds) - 1, gen_trace, "rejected"
         if verification.correct and verification.difficult:
             status, accepted_round = "accepted", r
             break
@@ -250,8 +258,9 @@ def _check_resume(out_dir: Path, cfg: GenerateConfig) -> None:
     if not saved.exists():
         saved.write_text(to_yaml(cfg))
         return
-    old = OmegaConf.load(saved)
     new = OmegaConf.structured(cfg)
+    # Over the schema's defaults, so a setting added since the folder was started does not block its resume.
+    old = OmegaConf.merge(OmegaConf.structured(type(cfg)), OmegaConf.load(saved))
     for key in ("seeds", "loop"):
         if OmegaConf.to_container(old[key]) != OmegaConf.to_container(new[key]):
             raise ValueError(f"{out_dir} holds a run with different `{key}` settings; use a new run.output_dir")

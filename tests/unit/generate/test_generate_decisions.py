@@ -92,7 +92,9 @@ def test_wrong_pair_gets_correctness_feedback_showing_an_answered_rollout():
 def test_garbled_generator_output_is_counted_and_stops_the_item_without_solving():
     world = World(gen_outputs=lambda t, k: "<think>I forgot the tags</think> The answer is 42.",
                   solver=lambda q, r: pytest.fail("solver must not run on a garbled pair"))
-    (record, traj), model = run_item(world, make_cfg())
+    cfg = make_cfg()
+    cfg.loop.retry_garbled = False
+    (record, traj), model = run_item(world, cfg)
     assert record.status == "garbled"
     [rnd] = record.rounds
     assert rnd.garbled and rnd.candidate is None and rnd.verification is None
@@ -102,8 +104,43 @@ def test_garbled_generator_output_is_counted_and_stops_the_item_without_solving(
 def test_garbled_revision_ends_the_item_as_garbled_after_a_real_round():
     outputs = {0: qa("Q0", "42"), 1: "<reason>hmm</reason> no tags here"}
     world = World(gen_outputs=lambda t, k: outputs[k], solver=lambda q, r: (1, "42"))
-    (record, _), _ = run_item(world, make_cfg())
+    cfg = make_cfg()
+    cfg.loop.retry_garbled = False
+    (record, _), _ = run_item(world, cfg)
     assert record.status == "garbled" and [r.garbled for r in record.rounds] == [False, True]
+
+
+def test_garbled_draft_uses_its_round_and_the_next_round_generates_again_from_the_seed():
+    drafts = iter(["no tags at all", qa("Q1", "7")])
+    world = World(gen_outputs=lambda t, k: next(drafts), solver=lambda q, r: (3, "7"))
+    (record, traj), _ = run_item(world, make_cfg())
+    assert [(r.round, r.kind, r.garbled) for r in record.rounds] == [(0, "initial", True), (1, "resample", False)]
+    assert record.status == "accepted" and record.accepted_round == 1
+    assert len(world.prompts["generator"]) == 4  # two search episodes from the seed (a search, then the output each)
+    assert "revision" not in world.prompts  # nothing verified yet, so nothing to give feedback on
+    assert [i.id for i in assemble([record], last_round=2)] == ["sage-0-r1"]
+    assert traj["rounds"][1]["kind"] == "resample" and len(traj["rounds"][1]["solver"]) == 4
+
+
+def test_garbled_revision_is_asked_again_on_the_latest_verified_pair():
+    revisions = iter(["<reason>hmm</reason> no tags here", revision("Q2", "42")])
+    world = World(gen_outputs=lambda t, k: qa("Q0", "42") if k == 0 else next(revisions),
+                  solver=lambda q, r: {"Q0": (1, "42"), "Q2": (3, "42")}[q])
+    (record, _), _ = run_item(world, make_cfg())
+    assert [(r.kind, r.garbled) for r in record.rounds] == [("initial", False), ("difficulty", True),
+                                                            ("difficulty", False)]
+    first, second = world.prompts["revision"]
+    assert first == second  # the same feedback on round 0's pair, not on the garbled output
+    assert record.status == "accepted" and record.accepted_round == 2
+
+
+def test_an_item_garbled_in_every_round_is_garbled_and_never_solved():
+    world = World(gen_outputs=lambda t, k: "still no tags",
+                  solver=lambda q, r: pytest.fail("solver must not run on a garbled pair"))
+    (record, _), _ = run_item(world, make_cfg(rounds=2))
+    assert record.status == "garbled" and [r.garbled for r in record.rounds] == [True, True, True]
+    assert [r.kind for r in record.rounds] == ["initial", "resample", "resample"]
+    assert record.usage["generator"]["calls"] == 6
 
 
 def test_budget_exhausted_generator_is_told_and_called_once_more():

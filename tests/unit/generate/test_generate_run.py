@@ -69,6 +69,17 @@ def test_rerun_of_a_finished_run_does_no_work_and_changed_seeds_are_refused(tmp_
     model = ScriptedChatModel(standard_world())
     asyncio.run(run_generation(cfg, Pipeline(model, model, FakeRetriever(), model)))
     assert model.calls == []
+    # a folder started before a setting existed resumes (the setting takes its default); a changed one is refused
+    saved = tmp_path / "out" / "config.yaml"
+    text = saved.read_text()
+    assert "retry_garbled: true" in text
+    saved.write_text(text.replace("  retry_garbled: true\n", ""))
+    asyncio.run(run_generation(cfg, Pipeline(model, model, FakeRetriever(), model)))
+    assert model.calls == []
+    cfg.loop.retry_garbled = False
+    with pytest.raises(ValueError, match="different `loop` settings"):
+        run(cfg)
+    cfg.loop.retry_garbled = True
     cfg.seeds.seed = 1
     with pytest.raises(ValueError, match="different `seeds` settings"):
         run(cfg)
