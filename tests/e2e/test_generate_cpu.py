@@ -65,6 +65,9 @@ def test_sage_generate_cli_runs_the_real_loop(tmp_path, llm_url, retrieval_url, 
         for rnd, rt in zip(rec["rounds"], traj["rounds"], strict=True):
             if rnd["verification"] is not None:
                 assert [s["num_searches"] for s in rt["solver"]] == rnd["verification"]["searches"]
+        # a garbled round 0 is retried in round 1 with a new draft from the seed (loop.retry_garbled)
+        if rec["rounds"][0]["candidate"] is None:
+            assert [r["kind"] for r in rec["rounds"]] == ["initial", "resample"], rec["rounds"]
     report = (out / "report.md").read_text()
     assert "| round 0 (A_gen with S) | 2 |" in report and "| +1 feedback | 2 |" in report
     assert (out / "qa.jsonl").exists() and "## LLM cost" in report
