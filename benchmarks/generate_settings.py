@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sage_rl.assets import read_jsonl
 from sage_rl.config import hydra_list
+from sage_rl.generate.records import ItemRecord
 from sage_rl.pipeline import load_pipeline_config
 
 DEFAULT_VARIANTS = ["loop.retry_garbled=false", "loop.retry_garbled=true"]
@@ -40,18 +41,18 @@ def states_answer(question: str, answer: str) -> bool:
 
 def summarize(generate_dir: Path) -> dict[str, float]:
     """Counts over one generate stage's records.jsonl and qa.jsonl, and the stage's seconds from its done.json."""
-    records = list(read_jsonl(generate_dir / "records.jsonl"))
-    rounds = [rnd for rec in records for rnd in rec["rounds"]]
-    first = [rnd for rnd in rounds if rnd["round"] == 0]
-    later = [rnd for rnd in rounds if rnd["round"] > 0]
-    verified = [rnd["verification"] for rnd in rounds if rnd["verification"] is not None]
+    records = [ItemRecord.from_dict(row) for row in read_jsonl(generate_dir / "records.jsonl")]
+    rounds = [rnd for rec in records for rnd in rec.rounds]
+    first = [rnd for rnd in rounds if rnd.round == 0]
+    later = [rnd for rnd in rounds if rnd.round > 0]
+    verified = [rnd.verification for rnd in rounds if rnd.verification is not None]
     pairs = list(read_jsonl(generate_dir / "qa.jsonl"))
     return {
         "items": len(records),
-        "drafts": len(first), "drafts_parsed": sum(r["candidate"] is not None for r in first),
-        "later": len(later), "later_parsed": sum(r["candidate"] is not None for r in later),
-        "episodes": sum(v["k"] for v in verified), "episodes_correct": sum(v["num_correct"] for v in verified),
-        "accepted": sum(rec["status"] == "accepted" for rec in records),
+        "drafts": len(first), "drafts_parsed": sum(not r.garbled for r in first),
+        "later": len(later), "later_parsed": sum(not r.garbled for r in later),
+        "episodes": sum(v.k for v in verified), "episodes_correct": sum(v.num_correct for v in verified),
+        "accepted": sum(rec.status == "accepted" for rec in records),
         "pairs": len(pairs), "stated": sum(states_answer(p["question"], p["answer"]) for p in pairs),
         "seconds": json.loads((generate_dir / "done.json").read_text())["seconds"],
     }
