@@ -167,9 +167,13 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
         (hf / "model.safetensors").write_text("")
         on_line("step:1 - critic/score/mean:0.5 - pool/size:3.0")
 
+    def no_default_model(name):  # the recipe's default model is replaced by the warm one: never prepared here
+        raise AssertionError(f"the train stage prepared model {name!r} (on an empty cache: a GGUF conversion)")
+
     monkeypatch.setattr(pipeline_stages, "served_model", fake_served)
     monkeypatch.setattr(Console, "run", fake_run)
     monkeypatch.setattr(Job, "retrieval", lambda self: "http://127.0.0.1:8")
+    monkeypatch.setattr("sage_rl.models.model_path", no_default_model)
     _record(tmp_path, "index", {"seeds": "/s/seeds.jsonl", "train_file": "/i/train.parquet"})
     _record(tmp_path, "warmstart", {"model": "/m/warm"})
     _record(tmp_path, "generate", {"accepted": 0, "verl_parquet": "/g/verl.parquet"})
