@@ -43,6 +43,15 @@ def intrinsic_row(records: Sequence[ItemRecord], r: int) -> dict[str, float | in
     }
 
 
+def round_label(records: Sequence[ItemRecord], r: int, step: str) -> str:
+    """The table's label for round r >= 1: `+r feedback`, and how many of its rounds were new drafts from the seed
+    instead (`loop.retry_garbled` after a garbled draft), so a redraft is not read as the paper's revision."""
+    redrafts = sum(1 for rec in records for x in rec.rounds if x.round == r and x.kind == "resample")
+    if step == "resample" or not redrafts:
+        return f"+{r} {step}"
+    return f"+{r} {step} ({redrafts} redraft{'s' if redrafts > 1 else ''})"
+
+
 def _fmt(x: float | int | None, digits: int = 1) -> str:
     return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
@@ -134,7 +143,7 @@ def write_report(out_dir: Path, records: Sequence[ItemRecord], items: Sequence[Q
     last = cfg.loop.rounds
     step = "resample" if cfg.loop.mode == "resample" else "feedback"
     rows = [("round 0 (A_gen with S)", intrinsic_row(records, 0))]
-    rows += [(f"+{r} {step}", intrinsic_row(records, r)) for r in range(1, last + 1)]
+    rows += [(round_label(records, r, step), intrinsic_row(records, r)) for r in range(1, last + 1)]
     status = Counter(r.status for r in records)
     lines = [
         "# SAGE generation report", "",

@@ -13,6 +13,7 @@ from sage_rl.generate.config import GenerateConfig
 from sage_rl.generate.feedback import choose_trace
 from sage_rl.generate.loop import Pipeline, process_item
 from sage_rl.generate.records import Seed
+from sage_rl.generate.report import round_label
 from sage_rl.judge import Verdict
 from sage_rl.llm import ScriptedChatModel
 from sage_rl.search_agent import Trajectory
@@ -120,6 +121,9 @@ def test_garbled_draft_uses_its_round_and_the_next_round_generates_again_from_th
     assert "revision" not in world.prompts  # nothing verified yet, so nothing to give feedback on
     assert [i.id for i in assemble([record], last_round=2)] == ["sage-0-r1"]
     assert traj["rounds"][1]["kind"] == "resample" and len(traj["rounds"][1]["solver"]) == 4
+    # the generation report's table names round 1 by what it was: a redraft, not the paper's feedback
+    labels = [round_label([record], r, "feedback") for r in (1, 2)]
+    assert labels == ["+1 feedback (1 redraft)", "+2 feedback"]
 
 
 def test_garbled_revision_is_asked_again_on_the_latest_verified_pair():
