@@ -18,25 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from sage_rl.assets import read_jsonl
 from sage_rl.config import hydra_list
+from sage_rl.generate.assemble import states_answer
 from sage_rl.generate.records import ItemRecord
 from sage_rl.pipeline import load_pipeline_config
 
 DEFAULT_VARIANTS = ["loop.retry_garbled=false", "loop.retry_garbled=true"]
-
-
-def states_answer(question: str, answer: str) -> bool:
-    """The answer's words appear, in order and whole, in the question (lower-cased words; "Ann's" holds "Ann")."""
-    def words(text: str) -> str:
-        return " ".join(re.findall(r"\w+", text.lower()))
-
-    return f" {words(answer)} " in f" {words(question)} "
 
 
 def summarize(generate_dir: Path) -> dict[str, float]:

@@ -115,7 +115,9 @@ def write_report(job: Job) -> Path:
     if r := records["generate"]:
         gen_md = Path(r["report"]).read_text() if Path(r["report"]).is_file() else ""
         lines += ["## SAGE generation (warm-started model as generator and solver)", "",
-                  f"{r['items']} seeds: " + ", ".join(f"{k} {v}" for k, v in r["statuses"].items()) + ".", "",
+                  f"{r['items']} seeds: " + ", ".join(f"{k} {v}" for k, v in r["statuses"].items()) + "."
+                  + (f" {r['pairs']} pairs in the training set, {r['stated_answers']} of them with the answer stated "
+                     "in the question (SAGE's rules do not check it)." if "pairs" in r else ""), "",
                   *_section(gen_md, "Intrinsic evaluation"), f"Full generation report: `{r['report']}`.", ""]
 
     if r := records["train"]:

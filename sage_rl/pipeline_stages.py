@@ -91,11 +91,14 @@ def _generate_settings(job: Job, llm_url: str, retrieval_url: str) -> list[str]:
 
 def _generation_summary(out: Path) -> dict:
     from sage_rl.assets import read_jsonl
+    from sage_rl.generate.assemble import states_answer
 
     records = list(read_jsonl(out / "records.jsonl")) if (out / "records.jsonl").is_file() else []
+    pairs = list(read_jsonl(out / "qa.jsonl")) if (out / "qa.jsonl").is_file() else []
     statuses = [r.get("status") for r in records]
     return {"items": len(records), "accepted": statuses.count("accepted"),
-            "statuses": {s: statuses.count(s) for s in sorted(set(map(str, statuses)))}}
+            "statuses": {s: statuses.count(s) for s in sorted(set(map(str, statuses)))}, "pairs": len(pairs),
+            "stated_answers": sum(states_answer(p["question"], p["answer"]) for p in pairs)}
 
 
 def train(job: Job) -> dict:

@@ -21,7 +21,7 @@ from sage_rl.datasets import verl_row, write_verl_parquet
 from sage_rl.files import atomic_write, atomic_write_jsonl
 from sage_rl.generate.records import ItemRecord
 from sage_rl.protocol import SEARCH_PROMPT
-from sage_rl.qa_match import normalize_answer
+from sage_rl.qa_match import cover_exact_match, normalize_answer
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,18 @@ class QAItem:
     evidence_doc_ids: tuple[str, ...]
     steps: tuple[str, ...]
     item_id: int
+
+
+def states_answer(question: str, answer: str) -> bool:
+    """Whether a pair's question states its answer: the answer is a whole-word span of it (SQuAD-normalised), as
+    the cover-EM judge would score the question itself. SAGE's rules do not check it, and a solver that copies the
+    answer from the question is correct: small generators write such pairs ("What ethnic group is Azərbaycanlılar?"
+    -> "Azərbaycanlılar"); a comparison question ("A or B?") may do so legitimately. The reports count them.
+
+    >>> states_answer("What ethnic group is Azərbaycanlılar?", "Azərbaycanlılar"), states_answer("Who wrote it?", "Ann")
+    (True, False)
+    """
+    return bool(cover_exact_match(question, [answer]))
 
 
 def assemble(records: Iterable[ItemRecord], last_round: int, min_searches: int = 2) -> list[QAItem]:

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from sage_rl.generate.assemble import QAItem
+from sage_rl.generate.assemble import QAItem, states_answer
 from sage_rl.generate.config import GenerateConfig
 from sage_rl.generate.records import ItemRecord, RoundRecord
 from sage_rl.generate.store import read_trajectories
@@ -165,7 +165,9 @@ def write_report(out_dir: Path, records: Sequence[ItemRecord], items: Sequence[Q
         f"judge replies without `correct: yes|no`: {judge_garbled}; generator budget exhausted: {budget}",
         f"- answer types (seeds): {dict(Counter(r.seed.answer_type for r in records))}; "
         f"(dataset): {dict(Counter(i.answer_type for i in items))}",
-        f"- rounds the dataset's pairs come from: {dict(sorted(Counter(i.round for i in items).items()))}", "",
+        f"- rounds the dataset's pairs come from: {dict(sorted(Counter(i.round for i in items).items()))}",
+        f"- pairs whose question states their answer (SAGE's rules do not check it; a solver that copies it is "
+        f"correct): {sum(states_answer(i.question, i.answer) for i in items)} of {len(items)}", "",
     ]
     failed = [r for r in records if r.status == "failed"]
     if failed:

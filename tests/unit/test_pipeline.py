@@ -103,7 +103,7 @@ def test_report_has_every_section_with_intervals(tmp_path):
     _record(tmp_path, "index", {"docs": 2000, "retriever": "dense"})
     _record(tmp_path, "warmstart", {"report": str(tmp_path / "ws.json")})
     _record(tmp_path, "generate", {"items": 6, "accepted": 1, "statuses": {"accepted": 1, "rejected": 5},
-                                   "report": str(tmp_path / "gen.md")})
+                                   "pairs": 1, "stated_answers": 1, "report": str(tmp_path / "gen.md")})
     _record(tmp_path, "train", {"train_files": ["/x/verl.parquet"], "steps": [
         {"step": 1, "reward": 0.1, "acc": 0.1, "searches": 1.2, "answered": 0.8, "step_s": 60.0},
         {"step": 2, "reward": 0.2, "acc": 0.2, "searches": 1.4, "answered": 0.9, "step_s": 55.0}]})
@@ -112,6 +112,7 @@ def test_report_has_every_section_with_intervals(tmp_path):
     for heading in ("## Stages", "## Index", "## Warm-start", "## SAGE generation", "## Training", "## Evaluation"):
         assert heading in text
     assert "| **total** | 50 |" in text and "| 1 |" in text  # stage times; the generation table copied
+    assert "1 pairs in the training set, 1 of them with the answer stated in the question" in text
     assert "| warmstart | hotpotqa-test | 10 | 0.200 | [0.057, 0.510] |" in text
     assert "- hotpotqa-test: the trained model scores above its warm-start, within noise (EM 0.300 vs 0.200" in text
     assert (tmp_path / "training.png").is_file() and (tmp_path / "warmstart_loss.png").is_file()

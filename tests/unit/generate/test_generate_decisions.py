@@ -8,7 +8,7 @@ import random
 import pytest
 from sage_world import FakeRetriever, World, qa, revision
 
-from sage_rl.generate.assemble import assemble
+from sage_rl.generate.assemble import assemble, states_answer
 from sage_rl.generate.config import GenerateConfig
 from sage_rl.generate.feedback import choose_trace
 from sage_rl.generate.loop import Pipeline, process_item
@@ -225,3 +225,15 @@ def test_feedback_trace_choice_prefers_fewest_search_correct_then_answered():
     wrong = [Verdict(False, 0.0, "em")] * 4
     picks = {choose_trace(t, wrong, random.Random(s)) for s in range(30)}
     assert picks == {0, 1, 3}  # never the rollout without an answer
+
+
+@pytest.mark.parametrize(("question", "answer", "stated"), [
+    ("What ethnic group is Azərbaycanlılar?", "Azərbaycanlılar", True),  # a 135M generator's pair (README)
+    ("Mustafa Kemal Atatürk (19 May 1881 – 10 November 1938)", "Mustafa Kemal Atatürk", True),
+    ("Which is older, the Tulsa Zoo or the Oklahoma City Zoo?", "The Tulsa Zoo", True),  # comparisons count too
+    ("Which city is the zoo in?", "Tulsa", False),
+    ("Who founded Tulsa?", "Tulsa, Oklahoma", False),  # the whole answer, not a word of it
+    ("How many towns are in Tulsan County?", "Tulsa", False),  # whole words only
+])
+def test_a_pair_states_its_answer_when_the_answer_is_a_whole_word_span_of_the_question(question, answer, stated):
+    assert states_answer(question, answer) is stated
