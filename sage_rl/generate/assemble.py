@@ -4,7 +4,8 @@ Rules, in order:
 1. rounds before the last: keep a pair only if correct AND difficult (strict filter);
 2. the last round (round R): keep every correct pair (relaxed filter: too-easy pairs stay);
 3. dedupe by question text (SQuAD-normalised; the lowest item id wins, so reruns are stable);
-4. drop pairs whose fewest searches among correct rollouts is below `min_searches` (default 2).
+4. drop pairs whose fewest searches among correct rollouts is below `min_searches` (default 2);
+and ours: with `loop.reject_stated_answers`, no pair whose question states its answer (`states_answer`).
 
 Outputs: `qa.jsonl` + `qa.parquet` (one row per pair with its metadata) and `verl.parquet` (verl's
 RLHFDataset rows: Search-R1-style search prompt as chat messages, `reward_model.ground_truth.target`,
@@ -65,7 +66,7 @@ def assemble(records: Iterable[ItemRecord], last_round: int, min_searches: int =
     for rec in sorted(records, key=lambda r: r.item_id):
         for rnd in rec.rounds:
             v, c = rnd.verification, rnd.candidate
-            if v is None or c is None or not v.correct:
+            if v is None or c is None or not v.correct or v.shortcut:
                 continue
             if rnd.round < last_round and not v.difficult:
                 continue

@@ -95,6 +95,11 @@ class LoopConfig:
     # does not say; its strong generators rarely garble, a small one garbles most round-0 drafts (README, main
     # job). false: the item ends at its first garbled output.
     retry_garbled: bool = True
+    # A pair whose question states its answer (a whole-word span: `sage_rl.generate.assemble.states_answer`) needs
+    # no search, so it is neither accepted nor kept: the next round gets the difficulty feedback with 0 searches.
+    # Not in the paper (its generators do not write such pairs; false reproduces it); a small generator does,
+    # and a solver that copies the answer is judged correct (README, main job).
+    reject_stated_answers: bool = False
 
 
 @dataclass

@@ -119,7 +119,8 @@ def feedback_prompt(
         solver_trace=_clip(solver_trajectory.transcript(), max_trace_tokens),
     )
     if feedback_kind(verification) == "difficulty":
-        return DIFFICULTY_PROMPT.format(found=verification.min_searches, **common)
+        # a pair that states its answer needs no search, whatever the rollouts did (loop.reject_stated_answers)
+        return DIFFICULTY_PROMPT.format(found=0 if verification.shortcut else verification.min_searches, **common)
     return CORRECTNESS_PROMPT.format(k=verification.k, predicted=solver_trajectory.answer or "(no answer)", **common)
 
 

@@ -2,7 +2,8 @@
 
 Per seed (`process_item`):
   round 0   the generator searches and writes a QA pair for target S and an answer type;
-  verify    K solver rollouts, judged: correct = pass@K, difficult = |S*| >= S; both -> accepted, stop;
+  verify    K solver rollouts, judged: correct = pass@K, difficult = |S*| >= S; both -> accepted, stop
+            (`loop.reject_stated_answers`: a question that states its answer is not difficult);
   rounds 1..R  feedback (difficulty or correctness prompt with both traces, one call, no search) or, with
             `loop.mode=resample`, a fresh round-0 generation; then verify again;
   garbled   output without a question or answer uses up its round (counted, not raised); the next round tries
@@ -28,7 +29,7 @@ from pathlib import Path
 from retrieval_server.client import Hit
 from sage_rl.assets import EMBEDDED_CORPUS, read_jsonl
 from sage_rl.episode import ChatSettings, SearchClient, Trajectory
-from sage_rl.generate.assemble import assemble, write_outputs
+from sage_rl.generate.assemble import assemble, states_answer, write_outputs
 from sage_rl.generate.config import GenerateConfig, to_yaml
 from sage_rl.generate.feedback import choose_trace, feedback_kind, feedback_prompt
 from sage_rl.generate.generator import Generator, generator_policy
@@ -168,6 +169,8 @@ async def process_item(seed: Seed, cfg: GenerateConfig, pipe: Pipeline) -> tuple
         verification, solver_trajs, verdicts = await verify(
             candidate.question, [candidate.answer], seed.target_steps, solver, judge, cfg.solver.num_rollouts
         )
+        if cfg.loop.reject_stated_answers and states_answer(candidate.question, candidate.answer):
+            verification = replace(verification, shortcut=True, difficult=False)
         rounds.append(RoundRecord(r, kind, candidate, verification, gen_traj.budget_exhausted))
         traces.append(RoundTrace(r, kind, gen_traj, tuple(solver_trajs), tuple(verdicts),
                                  choose_trace(solver_trajs, verdicts, rng)))

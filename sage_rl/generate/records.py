@@ -38,7 +38,9 @@ class QACandidate:
 
 @dataclass(frozen=True)
 class Verification:
-    """K solver rollouts, judged. `correct` is pass@K; `min_searches` is |S*|, over correct rollouts only."""
+    """K solver rollouts, judged. `correct` is pass@K; `min_searches` is |S*|, over correct rollouts only.
+    `shortcut`: the question states its answer (`loop.reject_stated_answers`), so the pair is not `difficult`
+    whatever the rollouts searched."""
 
     k: int
     num_correct: int
@@ -49,6 +51,7 @@ class Verification:
     searches: tuple[int, ...]
     answers: tuple[str | None, ...]
     judge_garbled: int = 0
+    shortcut: bool = False
 
 
 @dataclass(frozen=True)

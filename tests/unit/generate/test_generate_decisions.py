@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import pytest
 from sage_world import FakeRetriever, World, qa, revision
@@ -191,6 +192,26 @@ def test_resample_mode_regenerates_from_scratch_without_traces():
     assert "revision" not in world.prompts and len(world.prompts["generator"]) == 4  # 2 generations x 2 calls
     assert traj["rounds"][1]["generator"]["num_searches"] == 1  # same budget, searches again
     assert record.status == "accepted" and record.accepted_round == 1
+
+
+@pytest.mark.parametrize("reject", [True, False])
+def test_a_pair_that_states_its_answer_is_not_difficult_and_gets_difficulty_feedback_with_no_search(reject):
+    # round 0 states its answer ("7" in the question) and the solver copies it after the S=3 searches it makes anyway
+    outputs = {0: qa("Is the answer 7 or 8?", "7"), 1: revision("Q1", "7"), 2: revision("Q2", "7")}
+    world = World(gen_outputs=lambda t, k: outputs[k], solver=lambda q, r: (3, "7"))
+    cfg = make_cfg()
+    cfg.loop.reject_stated_answers = reject
+    (record, _), _ = run_item(world, cfg)
+    r0 = record.rounds[0].verification
+    if not reject:  # the paper's rules: correct with |S*| = 3 >= S, accepted as it is
+        assert record.accepted_round == 0 and not r0.shortcut and r0.difficult
+        return
+    assert r0.correct and r0.shortcut and not r0.difficult and r0.min_searches == 3  # the rollouts, as they were
+    assert record.status == "accepted" and record.accepted_round == 1 and record.rounds[1].kind == "difficulty"
+    [prompt] = world.prompts["revision"]
+    assert "answered it correctly with only 0 search(es)" in prompt
+    # the last round's relaxed filter does not keep it either
+    assert [i.question for i in assemble([replace(record, rounds=record.rounds[:1])], last_round=0)] == []
 
 
 def test_last_round_relaxed_filter_dedupe_and_min_steps_in_assembly():
