@@ -158,6 +158,7 @@ def write_report(out_dir: Path, records: Sequence[ItemRecord], items: Sequence[Q
     garbled = Counter(rnd.round for rec in records for rnd in rec.rounds if rnd.garbled)
     judge_garbled = sum(rnd.verification.judge_garbled for rec in records for rnd in rec.rounds if rnd.verification)
     budget = sum(rnd.budget_exhausted for rec in records for rnd in rec.rounds)
+    shortcuts = sum(rnd.verification.shortcut for rec in records for rnd in rec.rounds if rnd.verification)
     lines += [
         "## Outcomes", "",
         f"- items: {dict(sorted(status.items()))}; pairs in the final dataset: **{len(items)}**",
@@ -166,8 +167,9 @@ def write_report(out_dir: Path, records: Sequence[ItemRecord], items: Sequence[Q
         f"- answer types (seeds): {dict(Counter(r.seed.answer_type for r in records))}; "
         f"(dataset): {dict(Counter(i.answer_type for i in items))}",
         f"- rounds the dataset's pairs come from: {dict(sorted(Counter(i.round for i in items).items()))}",
-        f"- pairs whose question states their answer (SAGE's rules do not check it; a solver that copies it is "
-        f"correct): {sum(states_answer(i.question, i.answer) for i in items)} of {len(items)}", "",
+        f"- pairs whose question states their answer (a solver that copies it is correct): "
+        f"{sum(states_answer(i.question, i.answer) for i in items)} of {len(items)} in the dataset; rounds whose pair "
+        f"did, made not difficult by `loop.reject_stated_answers`: {shortcuts}", "",
     ]
     failed = [r for r in records if r.status == "failed"]
     if failed:

@@ -46,8 +46,8 @@ def test_run_writes_dataset_verl_parquet_and_report(tmp_path):
     report = paths["report"].read_text()
     assert report.splitlines()[0] == "# SAGE generation report"
     assert "| round 0 (A_gen with S) | 12 | 66.7 | 33.3 |" in report  # 8 of 12 correct, 4 pass
-    assert "pairs whose question states their answer (SAGE's rules do not check it; a solver that copies it is " \
-           "correct): 0 of 4" in report  # the scripted world's answers are not in its questions
+    assert "pairs whose question states their answer (a solver that copies it is correct): 0 of 4 in the dataset; " \
+           "rounds whose pair did, made not difficult by `loop.reject_stated_answers`: 0" in report
     assert (paths["report"].parent / "plots" / "search_histograms.png").stat().st_size > 1000
     traj_ids = [json.loads(line)["item_id"] for line in open(paths["trajectories"])]
     assert sorted(traj_ids) == list(range(12))
