@@ -117,7 +117,7 @@ def write_report(job: Job) -> Path:
         lines += ["## SAGE generation (warm-started model as generator and solver)", "",
                   f"{r['items']} seeds: " + ", ".join(f"{k} {v}" for k, v in r["statuses"].items()) + "."
                   + (f" {r['pairs']} pairs in the training set, {r['stated_answers']} of them with the answer stated "
-                     "in the question (SAGE's rules do not check it)." if "pairs" in r else ""), "",
+                     "in the question." if "pairs" in r else ""), "",
                   *_section(gen_md, "Intrinsic evaluation"), f"Full generation report: `{r['report']}`.", ""]
 
     if r := records["train"]:

@@ -50,9 +50,10 @@ class QAItem:
 
 def states_answer(question: str, answer: str) -> bool:
     """Whether a pair's question states its answer: the answer is a whole-word span of it (SQuAD-normalised), as
-    the cover-EM judge would score the question itself. SAGE's rules do not check it, and a solver that copies the
-    answer from the question is correct: small generators write such pairs ("What ethnic group is Azərbaycanlılar?"
-    -> "Azərbaycanlılar"); a comparison question ("A or B?") may do so legitimately. The reports count them.
+    the cover-EM judge would score the question itself. The paper's rules do not check it, and a solver that copies
+    the answer from the question is correct: small generators write such pairs ("What ethnic group is
+    Azərbaycanlılar?" -> "Azərbaycanlılar"); a comparison question ("A or B?") may do so legitimately. The reports
+    count them; `loop.reject_stated_answers` makes them not difficult.
 
     >>> states_answer("What ethnic group is Azərbaycanlılar?", "Azərbaycanlılar"), states_answer("Who wrote it?", "Ann")
     (True, False)
