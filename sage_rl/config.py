@@ -56,11 +56,13 @@ def _cpu_dtype() -> str:
     return cpu_dtype()
 
 
+_RESOLVERS = {"sage_rl.model": _model_path, "sage_rl.data": _data_path, "sage_rl.benchmark": _benchmark_path,
+              "sage_rl.package_file": _package_file, "sage_rl.cpu_dtype": _cpu_dtype}
+
+
 def register_resolvers() -> None:
     """Register the `sage_rl.*` resolvers of the module docstring (idempotent)."""
-    for name, fn in (("sage_rl.model", _model_path), ("sage_rl.data", _data_path),
-                     ("sage_rl.benchmark", _benchmark_path), ("sage_rl.package_file", _package_file),
-                     ("sage_rl.cpu_dtype", _cpu_dtype)):
+    for name, fn in _RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -99,6 +101,21 @@ def compose(config_dir: str | Path, config_name: str, overrides: list[str] | Non
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def compose_unprepared(config_dir: str | Path, config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """`compose` with sage_rl's resolvers unregistered meanwhile, so nothing is prepared and `sage_rl.*` values stay
+    interpolations: OmegaConf's merge evaluates a key's interpolation when a later config file overrides the key,
+    and `${sage_rl.model:...}` would build a model (on an empty cache, a conversion logged to the console) that a
+    caller reading one setting does not need."""
+    registered = [name for name in _RESOLVERS if OmegaConf.has_resolver(name)]
+    for name in registered:
+        OmegaConf.clear_resolver(name)
+    try:
+        return compose(config_dir, config_name, overrides)
+    finally:
+        if registered:
+            register_resolvers()
 
 
 def resolve_own_interpolations(cfg: DictConfig | ListConfig) -> None:

@@ -10,6 +10,7 @@ import pytest
 from priority import PROBE, assert_lowered, own_session
 
 from sage_rl import pipeline, pipeline_stages
+from sage_rl.config import register_resolvers
 from sage_rl.pipeline import Console, Job, PipelineConfig, StageFailed, load_pipeline_config, run_pipeline
 from sage_rl.pipeline_report import write_report
 
@@ -168,13 +169,17 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
         (hf / "model.safetensors").write_text("")
         on_line("step:1 - critic/score/mean:0.5 - pool/size:3.0")
 
-    def no_default_model(name):  # the recipe's default model is replaced by the warm one: never prepared here
-        raise AssertionError(f"the train stage prepared model {name!r} (on an empty cache: a GGUF conversion)")
+    prepared = []  # models the stage prepared itself (raising would not do: OmegaConf's merge swallows it)
+
+    def default_model(name):  # the recipe's default model is replaced by the warm one: never prepared here
+        prepared.append(name)
+        return Path(f"/cache/{name}")
 
     monkeypatch.setattr(pipeline_stages, "served_model", fake_served)
     monkeypatch.setattr(Console, "run", fake_run)
     monkeypatch.setattr(Job, "retrieval", lambda self: "http://127.0.0.1:8")
-    monkeypatch.setattr("sage_rl.models.model_path", no_default_model)
+    monkeypatch.setattr("sage_rl.models.model_path", default_model)
+    register_resolvers()  # as the pipeline's own config loading leaves them: OmegaConf's merges then call them
     _record(tmp_path, "index", {"seeds": "/s/seeds.jsonl", "train_file": "/i/train.parquet"})
     _record(tmp_path, "warmstart", {"model": "/m/warm"})
     _record(tmp_path, "generate", {"accepted": 0, "verl_parquet": "/g/verl.parquet"})
@@ -186,6 +191,7 @@ def test_online_training_serves_the_warm_model_to_its_producer(tmp_path, monkeyp
     (cmd,) = commands
     assert "actor_rollout_ref.model.path=/m/warm" in cmd and "data.train_files=['/i/train.parquet']" in cmd
     assert result["steps"][0]["pool"] == 3.0
+    assert prepared == []  # on an empty cache: a GGUF conversion logged to the job's console
     online = [c for c in cmd if c.startswith("online.")]
     if recipe == "grpo_search_smollm2_cpu":
         assert not served and not online and result["online"] is False
@@ -273,6 +279,7 @@ def test_sigterm_stops_the_running_stage_and_keeps_finished_ones(tmp_path):
     script = f"""
 import sys
 from sage_rl import pipeline, pipeline_stages
+from sage_rl.config import register_resolvers
 child = "import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
 pipeline_stages.index = lambda job: {{"summary": "index"}}
 pipeline_stages.warmstart = lambda job: job.console.run([sys.executable, "-c", child], job.log("w"), "w") or {{}}
