@@ -89,7 +89,12 @@ def recipes_dir() -> Path:
 
 
 def compose(config_dir: str | Path, config_name: str, overrides: list[str] | None = None) -> DictConfig:
-    """Compose `config_name` from `config_dir` with Hydra overrides, as `@hydra.main` would."""
+    """Compose `config_name` from `config_dir` with Hydra overrides, as `@hydra.main` would.
+
+    sage_rl's resolvers are unregistered meanwhile, so its `${sage_rl.*}` values stay interpolations until
+    `resolve_own_interpolations`: OmegaConf's merge evaluates a key's interpolation when a later config file
+    overrides the key, and `${sage_rl.model:...}` would build a model nobody uses (on an empty cache, a conversion
+    logged to the console; e.g. cpu/tiny.yaml's tiny-qwen2 under cpu/smollm2.yaml's SmolLM2)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -98,21 +103,13 @@ def compose(config_dir: str | Path, config_name: str, overrides: list[str] | Non
     if not (config_dir / f"{config_name}.yaml").is_file():
         known = sorted(p.stem for p in config_dir.glob("*.yaml"))
         raise FileNotFoundError(f"no recipe {config_name!r} in {config_dir}; available: {', '.join(known) or 'none'}")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
-
-
-def compose_unprepared(config_dir: str | Path, config_name: str, overrides: list[str] | None = None) -> DictConfig:
-    """`compose` with sage_rl's resolvers unregistered meanwhile, so nothing is prepared and `sage_rl.*` values stay
-    interpolations: OmegaConf's merge evaluates a key's interpolation when a later config file overrides the key,
-    and `${sage_rl.model:...}` would build a model (on an empty cache, a conversion logged to the console) that a
-    caller reading one setting does not need."""
     registered = [name for name in _RESOLVERS if OmegaConf.has_resolver(name)]
     for name in registered:
         OmegaConf.clear_resolver(name)
+    GlobalHydra.instance().clear()
     try:
-        return compose(config_dir, config_name, overrides)
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            return hydra_compose(config_name=config_name, overrides=list(overrides or []))
     finally:
         if registered:
             register_resolvers()

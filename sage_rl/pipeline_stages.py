@@ -136,13 +136,12 @@ def _producer_seeds(job: Job) -> list[str]:
 
 
 def _is_online(cfg: CommandStage) -> bool:
-    """Whether the training recipe is online, read from its composed config without preparing its models: the
-    recipe's default model (on an empty cache, a conversion logged to the job's console) is replaced by the
-    warm-started one."""
-    from sage_rl.config import compose_unprepared
+    """Whether the training recipe is online, read from its composed config without resolving sage_rl's
+    interpolations, which would prepare the recipe's default model that the stage replaces by the warm-started one."""
+    from sage_rl.config import compose
     from sage_rl.train.launch import train_recipes_dir
 
-    composed = compose_unprepared(train_recipes_dir(), cfg.recipe, list(cfg.overrides))
+    composed = compose(train_recipes_dir(), cfg.recipe, list(cfg.overrides))
     return bool(composed.get("online", {}).get("enable", False))
 
 

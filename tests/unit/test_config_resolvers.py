@@ -18,6 +18,18 @@ def test_only_sage_rl_interpolations_are_resolved(tmp_path, monkeypatch):
     assert OmegaConf.is_interpolation(cfg.data, "copy")
 
 
+def test_only_the_models_a_composed_recipe_ends_with_are_prepared(monkeypatch):
+    # cpu/tiny.yaml names tiny-qwen2 and cpu/smollm2.yaml overrides it: OmegaConf's merge evaluated the first value
+    from sage_rl.config import register_resolvers
+    from sage_rl.train.launch import load_train_config
+
+    prepared = []
+    monkeypatch.setattr("sage_rl.models.model_path", lambda name: prepared.append(name) or f"/cache/{name}")
+    register_resolvers()  # registered before composing, as a second command in one process finds them
+    cfg = load_train_config("grpo_search_smollm2_cpu")
+    assert prepared == ["smollm2"] and cfg.actor_rollout_ref.model.path == "/cache/smollm2"
+
+
 def test_unknown_dataset_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SAGE_RL_CACHE", str(tmp_path))
     cfg = OmegaConf.create({"x": "${sage_rl.data:nq-train}"})

@@ -279,7 +279,6 @@ def test_sigterm_stops_the_running_stage_and_keeps_finished_ones(tmp_path):
     script = f"""
 import sys
 from sage_rl import pipeline, pipeline_stages
-from sage_rl.config import register_resolvers
 child = "import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
 pipeline_stages.index = lambda job: {{"summary": "index"}}
 pipeline_stages.warmstart = lambda job: job.console.run([sys.executable, "-c", child], job.log("w"), "w") or {{}}
